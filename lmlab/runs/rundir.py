@@ -1,0 +1,279 @@
+"""One run-directory format for every command that produces results.
+
+    runs/<name>-<hash8>/
+      config.yaml      the fully resolved config (what actually ran)
+      metrics.jsonl    one JSON object per logged step, appended as the run goes
+      metrics.parquet  the same, written at the end
+      checkpoints/     latest, best, step_N
+      status.json      written LAST and atomically: state, final and best metrics, timings
+
+A run without status.json is incomplete (running, or killed); a crash writes state "failed".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from lmlab import __version__
+from lmlab.config import config_hash, dump_yaml
+from lmlab.errors import LmlabError
+from lmlab.paths import atomic_write_text, runs_root
+
+LOWER_IS_BETTER = re.compile(r"(loss|bpb|ppl|perplexity|error|err|time|_s)$")
+
+
+def metric_mode(name: str) -> str:
+    """'min' for losses and errors, 'max' for accuracies and scores."""
+    return "min" if LOWER_IS_BETTER.search(name) else "max"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name).strip("-") or "run"
+
+
+def run_id(name: str, cfg: BaseModel | dict, exclude: tuple[str, ...] = ()) -> str:
+    return f"{slug(name)}-{config_hash(cfg, exclude)}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class RunDir:
+    """A run directory; `is_main=False` (DDP ranks > 0) makes every write a no-op."""
+
+    def __init__(self, path: str | Path, is_main: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        self._started = time.time()
+        self._started_iso = _now()
+
+    # -- layout
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    # -- creation
+    @classmethod
+    def create(
+        cls,
+        cfg: BaseModel | dict,
+        *,
+        name: str,
+        run_dir: str | Path | None = None,
+        root: str | Path | None = None,
+        exclude: tuple[str, ...] = (),
+        fresh: bool = False,
+        is_main: bool = True,
+    ) -> RunDir:
+        """Open `run_dir`, or `<root>/<name>-<hash8>`; write config.yaml; drop an old status."""
+        path = Path(run_dir) if run_dir else Path(root or runs_root()) / run_id(name, cfg, exclude)
+        run = cls(path, is_main=is_main)
+        if is_main:
+            if fresh and path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run.config_path, dump_yaml(cfg))
+            run.status_path.unlink(missing_ok=True)  # a rerun is not done until it says so
+        return run
+
+    # -- metrics
+    def log(self, step: int | None = None, **metrics: Any) -> None:
+        if not self.is_main:
+            return
+        row = {"step": step, **metrics} if step is not None else dict(metrics)
+        row.setdefault("time_s", round(time.time() - self._started, 3))
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, forget rows logged after the checkpoint so the log has no duplicates."""
+        if not self.is_main or not self.metrics_path.exists():
+            return
+        rows = [r for r in read_jsonl(self.metrics_path) if (r.get("step") or 0) <= after_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # -- the end
+    def finish(
+        self,
+        state: str = "done",
+        *,
+        error: str | None = None,
+        extra: dict | None = None,
+        modes: dict[str, str] | None = None,
+    ) -> dict:
+        """Write metrics.parquet, then status.json last."""
+        if not self.is_main:
+            return {}
+        rows = read_metrics(self.path)
+        if rows:
+            write_parquet(rows, self.path / "metrics.parquet")
+        final, best = summarize(rows, modes)
+        status = {
+            "state": state,
+            "run_id": self.id,
+            "final": final,
+            "best": best,
+            "error": error,
+            "started": self._started_iso,
+            "finished": _now(),
+            "wall_s": round(time.time() - self._started, 3),
+            "git_commit": git_commit(),
+            "lmlab_version": __version__,
+            "host": platform.node(),
+            "python": sys.version.split()[0],
+            "argv": sys.argv,
+            **(extra or {}),
+        }
+        atomic_write_text(self.status_path, json.dumps(status, indent=2, default=str))
+        return status
+
+    @contextmanager
+    def running(self, modes: dict[str, str] | None = None):
+        """Mark the run failed (with the error) if the body raises; done otherwise."""
+        extra: dict = {}
+        try:
+            yield extra
+        except BaseException as e:
+            msg = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            if os.environ.get("LMLAB_DEBUG"):
+                extra["traceback"] = traceback.format_exc()
+            self.finish("failed", error=msg, extra=extra, modes=modes)
+            raise
+        self.finish("done", extra=extra, modes=modes)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                # A killed writer can leave a torn last line; anything earlier is corruption.
+                if i == sum(1 for _ in open(path, encoding="utf-8")):
+                    break
+                raise LmlabError(f"{path}:{i}: malformed JSON line") from None
+    return rows
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """metrics.parquet when present (polars), else metrics.jsonl; [] when neither exists."""
+    path = Path(path)
+    pq = path / "metrics.parquet"
+    if pq.exists():
+        import polars as pl
+
+        return pl.read_parquet(pq).to_dicts()
+    jl = path / "metrics.jsonl"
+    return read_jsonl(jl) if jl.exists() else []
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    import polars as pl
+
+    frames = [pl.DataFrame([r], strict=False) for r in rows]
+    df = pl.concat(frames, how="diagonal_relaxed")
+    tmp = path.with_suffix(".parquet.tmp")
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def summarize(rows: list[dict], modes: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """Final (last logged) and best value of every numeric metric."""
+    final: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k in ("step", "time_s") or not _finite(v):
+                continue
+            final[k] = v
+            mode = (modes or {}).get(k) or metric_mode(k)
+            if k not in best or (v < best[k] if mode == "min" else v > best[k]):
+                best[k] = v
+    return final, best
+
+
+def read_status(path: str | Path) -> dict | None:
+    p = Path(path) / "status.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def run_state(path: str | Path) -> str:
+    """done / failed / incomplete (config but no status: running or killed)."""
+    status = read_status(path)
+    return status.get("state", "incomplete") if status else "incomplete"
+
+
+def find_runs(root: str | Path, max_depth: int = 3) -> list[Path]:
+    root = Path(root)
+    found = []
+    if (root / "config.yaml").exists():
+        return [root]
+    for depth in range(1, max_depth + 1):
+        for p in root.glob("/".join(["*"] * depth) + "/config.yaml"):
+            found.append(p.parent)
+    return sorted(set(found))
