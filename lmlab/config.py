@@ -52,7 +52,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise LmlabError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+        raise LmlabError(
+            f"{path}: expected a mapping of keys at the top, got {type(data).__name__}"
+        )
     return data
 
 
@@ -162,7 +164,9 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
             return []
         ann = fields[part].annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        cls = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if cls is None:
             return []
     return list(getattr(cls, "model_fields", {}))

@@ -54,7 +54,10 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -200,18 +203,18 @@ class RunDir:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn LAST line (a killed writer) is dropped, others name file:line."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                # A killed writer can leave a torn last line; anything earlier is corruption.
-                if i == sum(1 for _ in open(path, encoding="utf-8")):
-                    break
-                raise LmlabError(f"{path}:{i}: malformed JSON line") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise LmlabError(f"{path}:{i}: malformed JSON line") from None
     return rows
 
 

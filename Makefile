@@ -1,0 +1,40 @@
+# One command each on a fresh machine: `make demo` and `make test` create .venv and install.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lmlab-installed
+# torch first and pinned: 2.13.0 is a CPU build already on disk here; an unpinned torch
+# would pull several GB of CUDA packages.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev
+
+.PHONY: install demo test bench lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lmlab demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/run_all.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lmlab tests bench
+	$(VENV)/bin/ruff format --check lmlab tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix lmlab tests bench
+	$(VENV)/bin/ruff format lmlab tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from lmlab.cli import entry
+
+entry()

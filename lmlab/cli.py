@@ -1,0 +1,86 @@
+"""The `lmlab` command: a root Typer app; each core group and each study mounts its sub-app."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from lmlab import __version__
+from lmlab.errors import LmlabError
+
+app = typer.Typer(
+    help="lmlab: controlled experiments on small language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """lmlab: controlled experiments on small language models.
+
+    Example: lmlab sweep run configs/sweeps/seeds.yaml --dry-run
+    """
+
+
+def _mount() -> None:
+    from lmlab.runs.cli import app as runs_app
+    from lmlab.runs.sweep_cli import app as sweep_app
+
+    app.add_typer(runs_app, name="runs")
+    app.add_typer(sweep_app, name="sweep")
+
+
+_mount()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors and non-zero exits; tracebacks only with LMLAB_DEBUG=1."""
+    debug = bool(os.environ.get("LMLAB_DEBUG"))
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="lmlab", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except LmlabError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug, not bad input: still one line unless debugging
+        if debug:
+            raise
+        print(
+            f"error: {type(e).__name__}: {e} (set LMLAB_DEBUG=1 for the traceback)", file=sys.stderr
+        )
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Options shared by every command that takes a config: -c, --set, --profile, --print-config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from lmlab import config as C
+
+M = TypeVar("M", bound=BaseModel)
+
+ConfigOpt = Annotated[Path | None, typer.Option("-c", "--config", help="YAML or JSON config file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable; YAML values)."),
+]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Named profile to start from.")]
+PrintConfigOpt = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved config and exit.")
+]
+ListProfilesOpt = Annotated[
+    bool, typer.Option("--list-profiles", help="List the shipped profiles and exit.")
+]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Exact run directory (default: <runs>/<name>-<hash8>)."),
+]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_profiles(dirs: list[Path] | None = None) -> None:
+    table = Table("profile", "description", box=None)
+    for name, desc, _ in C.list_profiles(dirs):
+        table.add_row(name, desc)
+    console.print(table)
+
+
+def resolve_or_exit(
+    model_cls: type[M],
+    *,
+    config: Path | None,
+    sets: list[str] | None,
+    profile: str | None,
+    print_config: bool = False,
+    list_profiles: bool = False,
+    base: dict | None = None,
+    profile_dirs: list[Path] | None = None,
+) -> M:
+    """Resolve a config from CLI options; handle --list-profiles / --print-config (then exit 0)."""
+    if list_profiles:
+        print_profiles(profile_dirs)
+        raise typer.Exit(0)
+    cfg = C.resolve(
+        model_cls,
+        profile=profile,
+        config=config,
+        sets=sets or (),
+        base=base,
+        profile_dirs=profile_dirs,
+    )
+    if print_config:
+        typer.echo(C.dump_yaml(cfg), nl=False)
+        raise typer.Exit(0)
+    return cfg

@@ -1,0 +1,89 @@
+"""`lmlab data ...`: look inside token shard directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from lmlab.data.format import META_FILE
+from lmlab.data.shards import ShardDir, split_view
+from lmlab.errors import LmlabError
+
+app = typer.Typer(help="Token shards: inspect what a shard directory holds.", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Token shards: inspect what a shard directory holds."""
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A shard directory, or a parent holding train/ and val/."),
+    sample_chars: int = typer.Option(200, "--sample-chars", help="Characters of sample to show."),
+) -> None:
+    """Show a shard directory's counts, dtype, tokenizer, provenance, split and a sample.
+
+    Example: lmlab data inspect runs/data/eval
+    """
+    if not (path / META_FILE).is_file() and (path / "train").is_dir() and (path / "val").is_dir():
+        for sub in ("train", "val"):
+            _show(ShardDir(path / sub), sample_chars, split_note=f"{sub}/ subdirectory")
+        return
+    d = ShardDir(path)
+    note = split_view(path, "val").rule if d.n_tokens else "empty"
+    _show(d, sample_chars, split_note=note)
+
+
+def _show(d: ShardDir, sample_chars: int, split_note: str) -> None:
+    m, tok = d.meta, d.tokenizer_meta
+    echo = typer.echo
+    echo(f"{d.path}  ({d.kind} shards)")
+    echo(
+        f"  shards {d.n_shards}   tokens {d.n_tokens:,}   documents {d.n_documents:,}"
+        f"   dtype {m['dtype']}"
+    )
+    echo(
+        f"  tokenizer  kind={tok.get('kind', '?')}  vocab={tok.get('vocab_size', '?')}"
+        f"  hash={tok['hash']}"
+    )
+    echo(f"  source {m.get('source') or '-'}   split {m.get('split', '-')}   seed {m.get('seed', '-')}")
+    echo(f"  validation: {split_note}")
+    if d.has_mask and d.n_tokens:
+        masked = sum(int(np.count_nonzero(d.mask(i) == 0)) for i in range(d.n_shards))
+        frac = masked / d.n_tokens
+        echo(f"  loss mask: {frac:.1%} of tokens masked ({1 - frac:.1%} trained)")
+    first = next(d.documents(), None)
+    if first is None:
+        echo("  sample: (no documents)")
+        return
+    ids = np.asarray(first[0]).tolist()
+    echo(f"  sample (first document, {len(ids)} tokens incl. bos):")
+    text = _decode(d, ids[1:])
+    if text is None:
+        shown = " ".join(map(str, ids[:32])) + (f" ... ({len(ids)} ids)" if len(ids) > 32 else "")
+        echo(f"    ids: {shown}")
+    else:
+        text = text if len(text) <= sample_chars else text[:sample_chars] + "…"
+        echo("    " + text.replace("\n", "\n    "))
+
+
+def _decode(d: ShardDir, ids: list[int]) -> str | None:
+    """Decode with the tokenizer named in meta.json, if it loads and matches; else None."""
+    where = d.meta.get("tokenizer_path") or d.tokenizer_meta.get("path")
+    if not where:
+        return None
+    p = Path(where)
+    if not p.exists() and (d.path / p).exists():
+        p = d.path / p
+    try:
+        from lmlab.text.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(p)
+        if tokenizer.meta().get("hash") != d.tokenizer_hash:
+            return None
+        return tokenizer.decode(ids)
+    except (ImportError, LmlabError, OSError):
+        return None

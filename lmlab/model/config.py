@@ -1,0 +1,135 @@
+"""ModelConfig: one `depth` dial; every architectural choice is a field.
+
+Derived sizes (nanochat rule, aspect ratio 64):
+  n_layer  = depth
+  n_embd   = 64 * depth
+  n_head   = max(1, n_embd // 64)
+  head_dim = n_embd // n_head            (set it to decouple, Qwen3-style: q = n_head * head_dim)
+  n_kv_head = n_head                     (smaller = grouped-query attention; must divide n_head)
+  mlp_hidden = int(mlp_ratio * n_embd)
+
+A Llama/Qwen-like variant is a config: mlp="swiglu", norm_weight=True, qk_norm=False (Llama) or
+True (Qwen3), embed_norm=False, logit_softcap=None, qkv_bias=True (Qwen2), rope_theta=5e5.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    depth: int = Field(4, ge=1, description="The one dial: layers, width and heads derive from it.")
+    n_layer: int | None = Field(None, ge=1, description="Transformer blocks (None: depth).")
+    n_embd: int | None = Field(None, ge=1, description="Residual width (None: 64 * depth).")
+    n_head: int | None = Field(None, ge=1, description="Query heads (None: max(1, n_embd // 64)).")
+    n_kv_head: int | None = Field(None, ge=1, description="Key/value heads (None: n_head).")
+    head_dim: int | None = Field(None, ge=2, description="Per-head width (None: n_embd // n_head).")
+    vocab_size: int = Field(50304, ge=1, description="Set by the trainer from the tokenizer.")
+    seq_len: int = Field(256, ge=1, description="Maximum context in tokens.")
+    mlp: Literal["relu2", "swiglu"] = "relu2"
+    mlp_ratio: float = Field(4.0, gt=0)
+    mlp_hidden: int | None = Field(None, ge=1, description="MLP width (None: mlp_ratio * n_embd).")
+    norm: Literal["rmsnorm"] = "rmsnorm"
+    norm_weight: bool = Field(False, description="Learnable RMSNorm gains (nanochat: none).")
+    norm_eps: float | None = Field(None, gt=0, description="None: torch's default (dtype eps).")
+    embed_norm: bool = Field(True, description="RMSNorm right after the token embedding.")
+    qk_norm: bool = True
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    logit_softcap: float | None = Field(15.0, ge=0, description="cap*tanh(x/cap); None or 0: off.")
+    rope_theta: float = Field(10000.0, gt=0)
+    init_std: float | None = Field(None, gt=0, description="Block matrices (None: n_embd**-0.5).")
+    embed_init_std: float = Field(1.0, gt=0)
+    lm_head_init_std: float = Field(0.001, ge=0)
+    compile: bool = Field(False, description="Callers wrap the model in torch.compile when set.")
+
+    # ---- resolved sizes -------------------------------------------------------------------------
+    @property
+    def layers(self) -> int:
+        return self.n_layer if self.n_layer is not None else self.depth
+
+    @property
+    def width(self) -> int:
+        return self.n_embd if self.n_embd is not None else 64 * self.depth
+
+    @property
+    def heads(self) -> int:
+        return self.n_head if self.n_head is not None else max(1, self.width // 64)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.heads
+
+    @property
+    def hdim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.width // self.heads
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden if self.mlp_hidden is not None else int(self.mlp_ratio * self.width)
+
+    @property
+    def softcap(self) -> float | None:
+        return self.logit_softcap or None
+
+    def resolved(self) -> ModelConfig:
+        """A copy with every derived field written out (what a run directory should record)."""
+        return self.model_copy(
+            update=dict(
+                n_layer=self.layers,
+                n_embd=self.width,
+                n_head=self.heads,
+                n_kv_head=self.kv_heads,
+                head_dim=self.hdim,
+                mlp_hidden=self.hidden,
+            )
+        )
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if self.head_dim is None and self.width % self.heads:
+            raise ValueError(
+                f"n_embd={self.width} is not divisible by n_head={self.heads} "
+                "(set n_head to a divisor of n_embd, or set head_dim explicitly)"
+            )
+        if self.heads % self.kv_heads:
+            raise ValueError(
+                f"n_head={self.heads} is not divisible by n_kv_head={self.kv_heads} "
+                "(grouped-query attention needs whole groups)"
+            )
+        if self.hdim % 2:
+            raise ValueError(f"head_dim={self.hdim} must be even for rotary embeddings")
+        return self
+
+    # ---- size and cost --------------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Parameter count, computed from the config (equals GPT(cfg).num_params())."""
+        d, h, kv, hd, f, v = self.width, self.heads, self.kv_heads, self.hdim, self.hidden, self.vocab_size
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        if self.qkv_bias:
+            attn += h * hd + 2 * kv * hd
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * f
+        norms = 0
+        if self.norm_weight:
+            norms = 2 * d + (2 * hd if self.qk_norm else 0)
+        per_layer = attn + mlp + norms
+        total = self.layers * per_layer + v * d
+        if not self.tie_embeddings:
+            total += v * d
+        if self.norm_weight:
+            total += d * (2 if self.embed_norm else 1)
+        return total
+
+    def num_embedding_params(self) -> int:
+        return self.vocab_size * self.width
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (nanochat estimate_flops): 6 * non-embedding params for the
+        matmuls (forward + backward) plus 12 * layers * heads * head_dim * seq_len for attention."""
+        t = seq_len if seq_len is not None else self.seq_len
+        dense = self.num_params() - self.num_embedding_params()
+        return 6.0 * dense + 12.0 * self.layers * self.heads * self.hdim * t

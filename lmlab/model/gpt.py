@@ -1,0 +1,234 @@
+"""A GPT in the style of nanochat; reads top to bottom.
+
+token embedding -> [RMSNorm] -> blocks of (RMSNorm -> attention, RMSNorm -> MLP) -> RMSNorm
+-> lm_head -> softcap. Attention: rotary embeddings, QK-norm, grouped-query heads, SDPA.
+The residual branches' output projections start at zero, so a fresh model is the identity on the
+residual stream and its loss starts at ln(vocab_size).
+
+With a KV cache the attention writes its keys and values into the cache and reads every valid
+cached position back (see `kv.py`); rotary positions then come from the cache, per row.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmlab.errors import LmlabError
+from lmlab.model.config import ModelConfig
+from lmlab.model.kv import KVCache
+
+_SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, weight: bool, eps: float | None):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+
+
+def rotary_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for positions 0..seq_len-1, shape [seq_len, head_dim / 2]."""
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.hdim, 2, dtype=torch.float32) / cfg.hdim)
+    freqs = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate halves (Llama/HF layout). x: [B, T, H, D]; cos, sin: [B or 1, T, 1, D/2]."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA over [B, H, T, D] queries and [B, Hkv, L, D] keys; causal when mask is None."""
+    if q.shape[1] != k.shape[1]:
+        if _SDPA_HAS_GQA:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+            )
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = cfg.heads, cfg.kv_heads, cfg.hdim
+        d, hd = cfg.width, cfg.hdim
+        self.c_q = nn.Linear(d, self.n_head * hd, bias=cfg.qkv_bias)
+        self.c_k = nn.Linear(d, self.n_kv_head * hd, bias=cfg.qkv_bias)
+        self.c_v = nn.Linear(d, self.n_kv_head * hd, bias=cfg.qkv_bias)
+        self.c_proj = nn.Linear(self.n_head * hd, d, bias=False)
+        self.q_norm = RMSNorm(hd, cfg.norm_weight, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_weight, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv_cache is None:
+            y = attention(q, k, v, None)
+        else:
+            k, v, mask = kv_cache.update(self.layer_idx, q, k, v)
+            y = attention(q, k, v, mask)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        self.c_fc = nn.Linear(cfg.width, cfg.hidden, bias=False)
+        self.c_gate = nn.Linear(cfg.width, cfg.hidden, bias=False) if cfg.mlp == "swiglu" else None
+        self.c_proj = nn.Linear(cfg.hidden, cfg.width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.c_gate is not None:
+            return self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x))
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.norm_attn = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.norm_mlp = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x), cos, sin, kv_cache)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.norm_embed = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps) if cfg.embed_norm else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
+        self.norm_out = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        cos, sin = rotary_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """nanochat init: uniform matrices with std init_std, zero output projections, a tiny lm_head.
+        Tied embeddings are initialised with std n_embd**-0.5 (they double as the output layer)."""
+        cfg = self.cfg
+        std = cfg.init_std if cfg.init_std is not None else cfg.width**-0.5
+        bound = math.sqrt(3.0) * std
+        if self.lm_head is None:
+            nn.init.normal_(self.wte.weight, std=cfg.width**-0.5)
+        else:
+            nn.init.normal_(self.wte.weight, std=cfg.embed_init_std)
+            nn.init.normal_(self.lm_head.weight, std=cfg.lm_head_init_std)
+        for block in self.blocks:
+            a, m = block.attn, block.mlp
+            for lin in (a.c_q, a.c_k, a.c_v, m.c_fc, m.c_gate):
+                if lin is not None:
+                    nn.init.uniform_(lin.weight, -bound, bound)
+                    if lin.bias is not None:
+                        nn.init.zeros_(lin.bias)
+            nn.init.zeros_(a.c_proj.weight)
+            nn.init.zeros_(m.c_proj.weight)
+        for mod in self.modules():
+            if isinstance(mod, RMSNorm) and mod.weight is not None:
+                nn.init.ones_(mod.weight)
+        self.rope_cos.copy_(rotary_tables(cfg)[0])
+        self.rope_sin.copy_(rotary_tables(cfg)[1])
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        loss_reduction: Literal["mean", "sum", "none"] = "mean",
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V] float32 (or [B, 1, V] with last_only), or with targets the
+        cross-entropy (ignore_index=-1): a scalar for "mean"/"sum", [B, T] for "none"."""
+        B, T = ids.shape
+        if kv_cache is None:
+            if T > self.cfg.seq_len:
+                raise LmlabError(f"sequence of {T} tokens exceeds the context of {self.cfg.seq_len}")
+            cos, sin = self.rope_cos[None, :T, None, :], self.rope_sin[None, :T, None, :]
+        else:
+            if kv_cache.max_position(T) >= self.cfg.seq_len:
+                raise LmlabError(
+                    f"position {kv_cache.max_position(T)} exceeds the context of {self.cfg.seq_len}"
+                )
+            pos = kv_cache.positions(T, ids.device)
+            cos, sin = self.rope_cos[pos][:, :, None, :], self.rope_sin[pos][:, :, None, :]
+
+        x = self.wte(ids)
+        if self.norm_embed is not None:
+            x = self.norm_embed(x)
+        for block in self.blocks:
+            x = block(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.norm_out(x)
+        if last_only:
+            x = x[:, -1:]
+
+        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight).float()
+        if self.cfg.softcap is not None:
+            cap = self.cfg.softcap
+            logits = cap * torch.tanh(logits / cap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=-1,
+            reduction=loss_reduction,
+        )
+        return loss.view(targets.shape) if loss_reduction == "none" else loss
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        return self.cfg.flops_per_token(seq_len)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Disjoint groups covering every parameter once, for AdamW/Muon splitting:
+        embedding (wte; also the output layer when tied), lm_head, matrix (2D block weights),
+        other (norm gains, biases)."""
+        groups: dict[str, list[nn.Parameter]] = {
+            "embedding": [self.wte.weight],
+            "lm_head": [] if self.lm_head is None else [self.lm_head.weight],
+            "matrix": [],
+            "other": [],
+        }
+        for p in self.blocks.parameters():
+            groups["matrix" if p.ndim == 2 else "other"].append(p)
+        for mod in (self.norm_embed, self.norm_out):
+            if mod is not None:
+                groups["other"].extend(mod.parameters())
+        return groups

@@ -1,0 +1,176 @@
+"""KV cache: an object the model writes into, rows of different lengths, one-shot compression.
+
+Layout (allocated at the first write, dtype/device of the keys):
+  k, v    [n_layer, B, n_kv_head, capacity, head_dim]   keys already rotary-rotated
+  valid   [n_layer, B, capacity] bool                    slots a query may attend to
+  pos     int                                            slots written so far (same for all rows)
+  seen    list[int] per row                              real tokens seen = rotary position of the
+                                                         row's next token (independent of what
+                                                         the cache still retains)
+Rows are written in lockstep. Prompts are LEFT-padded: `left_pad[b]` slots at the start of the
+first chunk are padding, marked invalid, so no real query ever attends to them. Each query may
+always attend to itself, which keeps padded queries finite (they are never read).
+
+`compress(policy)` runs once after the prefill: per row it gathers the kept positions of each KV
+head (in their original order) to the front of a new, smaller cache and marks the rest invalid.
+Every policy goes through the same gather, so a policy that keeps everything (budget 1.0) leaves a
+cache identical to `full`. `retained_lengths()` reports [row][layer] valid slot counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.model.kv_policies import (
+    KV_POLICIES,
+    KVPolicy,
+    attention_scores,
+    kept_length,
+    make_policy,
+    row_seed,
+)
+
+__all__ = [
+    "KV_POLICIES",
+    "KVCache",
+    "KVPolicy",
+    "attention_scores",
+    "kept_length",
+    "make_policy",
+    "row_seed",
+]
+
+
+class KVCache:
+    def __init__(
+        self,
+        batch_size: int,
+        n_layer: int,
+        capacity: int,
+        *,
+        left_pad: Sequence[int] | None = None,
+        record_queries: int = 0,
+    ):
+        """record_queries: rotated queries of the prefill kept for a policy (0 none, W the last W,
+        -1 all)."""
+        self.batch_size, self.n_layer, self.capacity = batch_size, n_layer, capacity
+        self.left_pad = list(left_pad) if left_pad is not None else [0] * batch_size
+        if len(self.left_pad) != batch_size:
+            raise ValueError(f"left_pad has {len(self.left_pad)} rows, batch has {batch_size}")
+        self.seen = [0] * batch_size
+        self.pos = 0
+        self.record_queries = record_queries
+        self.prefill_len: int | None = None
+        self.compressed = False
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.valid: torch.Tensor | None = None
+        self.queries: torch.Tensor | None = None  # [n_layer, B, n_head, W, head_dim]
+
+    # ---- what the model asks before and after a forward -----------------------------------------
+    def max_position(self, T: int) -> int:
+        return max(s + T - 1 - p for s, p in zip(self.seen, self.left_pad, strict=True))
+
+    def positions(self, T: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Rotary positions [B, T] of the next chunk (padding slots get 0)."""
+        start = torch.tensor(
+            [s - p for s, p in zip(self.seen, self.left_pad, strict=True)], device=device
+        )
+        return (start[:, None] + torch.arange(T, device=device)[None, :]).clamp_(min=0)
+
+    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write a chunk's k, v [B, Hkv, T, D] for `layer`; return every key and value so far and
+        the boolean attention mask [B, 1, T, pos + T] for the chunk's queries q [B, H, T, D]."""
+        B, n_kv, T, D = k.shape
+        if self.k is None:
+            shape = (self.n_layer, B, n_kv, self.capacity, D)
+            self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(shape, dtype=v.dtype, device=v.device)
+            self.valid = torch.zeros(self.n_layer, B, self.capacity, dtype=torch.bool, device=k.device)
+        start, end = self.pos, self.pos + T
+        if end > self.capacity:
+            raise LmlabError(f"KV cache full: {end} slots needed, capacity {self.capacity}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        pad = torch.tensor(self.left_pad, device=k.device)
+        self.valid[layer, :, start:end] = torch.arange(T, device=k.device)[None, :] >= pad[:, None]
+        if self.prefill_len is None and self.record_queries:
+            self._record(layer, q)
+
+        key_pos = torch.arange(end, device=k.device)
+        query_pos = torch.arange(start, end, device=k.device)
+        causal = key_pos[None, :] <= query_pos[:, None]  # [T, end]
+        itself = key_pos[None, :] == query_pos[:, None]
+        mask = (self.valid[layer, :, None, :end] & causal) | itself
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask[:, None]
+
+    def advance(self, T: int) -> None:
+        self.seen = [s + T - p for s, p in zip(self.seen, self.left_pad, strict=True)]
+        self.left_pad = [0] * self.batch_size
+        if self.prefill_len is None:
+            self.prefill_len = T
+        self.pos += T
+
+    def _record(self, layer: int, q: torch.Tensor) -> None:
+        T = q.shape[2]
+        w = T if self.record_queries < 0 else min(self.record_queries, T)
+        if self.queries is None:
+            B, H, _, D = q.shape
+            self.queries = torch.zeros(self.n_layer, B, H, w, D, dtype=q.dtype, device=q.device)
+        self.queries[layer] = q[:, :, T - w :]
+
+    # ---- compression and batch bookkeeping ------------------------------------------------------
+    def compress(self, policy: KVPolicy) -> list[list[int]]:
+        """Apply `policy` to each row's prompt; returns retained_lengths()."""
+        if self.k is None or self.prefill_len is None or self.pos != self.prefill_len:
+            raise LmlabError("KV compression runs once, right after a single prefill chunk")
+        if self.compressed:
+            raise LmlabError("KV cache was already compressed")
+        if policy.query_window and self.queries is None:
+            raise LmlabError(f"KV policy {policy.name!r} needs the cache to record prefill queries")
+        n_layer, B, n_kv, _, D = self.k.shape
+        keep = [policy.kept_length(n) for n in self.seen]
+        length = max(keep) + (self.capacity - self.pos)
+        k_new = self.k.new_zeros(n_layer, B, n_kv, length, D)
+        v_new = self.v.new_zeros(n_layer, B, n_kv, length, D)
+        valid = torch.zeros(n_layer, B, length, dtype=torch.bool, device=self.k.device)
+        for b, n in enumerate(self.seen):
+            first = self.pos - n  # real prompt tokens occupy slots first..pos-1
+            keys, values = self.k[:, b, :, first : self.pos], self.v[:, b, :, first : self.pos]
+            queries = self.queries[:, b] if self.queries is not None else keys[:, :0]
+            if self.queries is not None:
+                queries = queries[:, :, max(0, queries.shape[2] - n) :]
+            idx = policy.select(keys, queries, b)  # [L, Hkv, k]
+            if idx.shape[-1] != keep[b]:
+                raise RuntimeError(f"policy {policy.name} kept {idx.shape[-1]}, expected {keep[b]}")
+            gather = idx[..., None].expand(-1, -1, -1, D)
+            k_new[:, b, :, : keep[b]] = keys.gather(2, gather)
+            v_new[:, b, :, : keep[b]] = values.gather(2, gather)
+            valid[:, b, : keep[b]] = True
+        self.k, self.v, self.valid = k_new, v_new, valid
+        self.capacity, self.pos = length, max(keep)
+        self.queries, self.compressed = None, True
+        return self.retained_lengths()
+
+    def retained_lengths(self) -> list[list[int]]:
+        """Valid (attendable) slots per row and layer: result[row][layer]."""
+        if self.valid is None:
+            return [[0] * self.n_layer for _ in range(self.batch_size)]
+        counts = self.valid[:, :, : self.pos].sum(dim=-1)  # [L, B]
+        return counts.T.tolist()
+
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Keep only these rows (e.g. drop finished ones from a batched decode)."""
+        rows = list(rows)
+        if self.k is not None:
+            idx = torch.tensor(rows, device=self.k.device)
+            self.k, self.v = self.k[:, idx], self.v[:, idx]
+            self.valid = self.valid[:, idx]
+            if self.queries is not None:
+                self.queries = self.queries[:, idx]
+        self.seen = [self.seen[r] for r in rows]
+        self.left_pad = [self.left_pad[r] for r in rows]
+        self.batch_size = len(rows)

@@ -1,0 +1,257 @@
+"""Sweeps: expand a matrix of experiments × grid × seeds into runs of any lmlab command.
+
+Each (experiment, seed) gets one run directory keyed by a hash of what it runs (command, base
+config contents, overrides), so a rerun finds finished runs and only does the missing ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from lmlab.config import Strict, config_hash, get_path, load_file, validate
+from lmlab.errors import LmlabError
+from lmlab.runs.rundir import metric_mode, read_metrics, read_status, slug, summarize
+
+
+class MetricSpec(Strict):
+    name: str
+    mode: Literal["min", "max"] | None = None
+
+
+class Experiment(Strict):
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepSpec(Strict):
+    name: str
+    description: str = ""
+    command: str | list[str]
+    base_config: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    seed_key: str = "seed"
+    experiments: list[Experiment] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    metrics: list[str | MetricSpec] = Field(min_length=1)
+    primary: str | None = None
+    quick: dict[str, Any] = Field(default_factory=dict)
+    retries: int = Field(default=1, ge=0)
+    timeout_s: float | None = None
+    out: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment names repeat: {names}")
+        if self.primary and self.primary not in self.metric_modes():
+            raise ValueError(f"primary metric '{self.primary}' is not in metrics")
+        return self
+
+    def metric_modes(self) -> dict[str, str]:
+        out = {}
+        for m in self.metrics:
+            spec = MetricSpec(name=m) if isinstance(m, str) else m
+            out[spec.name] = spec.mode or metric_mode(spec.name)
+        return out
+
+    @property
+    def primary_metric(self) -> str:
+        return self.primary or next(iter(self.metric_modes()))
+
+
+@dataclass
+class PlannedRun:
+    experiment: str
+    seed: int
+    overrides: dict[str, Any]
+    run_dir: Path
+    argv: list[str]
+    status: str = "pending"
+    attempts: int = 0
+    wall_s: float = 0.0
+    note: str = ""
+    summary: dict = field(default_factory=dict)
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
+    path = Path(path)
+    return validate(SweepSpec, load_file(path), str(path)), path.parent
+
+
+def _fmt(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _argv(spec: SweepSpec, base: Path | None, overrides: dict, run_dir: Path, seed: int, exp: str):
+    tokens = shlex.split(spec.command) if isinstance(spec.command, str) else list(spec.command)
+    subs = {"run_dir": str(run_dir), "seed": str(seed), "experiment": exp}
+    has_run_dir = any("{run_dir}" in t for t in tokens)
+    tokens = [t.format(**subs) if "{" in t else t for t in tokens]
+    if tokens and tokens[0] == "lmlab":  # same interpreter as the sweep, installed or not
+        tokens = [sys.executable, "-m", "lmlab", *tokens[1:]]
+    if base:
+        tokens += ["-c", str(base)]
+    for key, value in overrides.items():
+        tokens += ["--set", f"{key}={_fmt(value)}"]
+    if not has_run_dir:
+        tokens += ["--run-dir", str(run_dir)]
+    return tokens
+
+
+def plan(spec: SweepSpec, root: Path, out: Path, quick: bool = False, only: str | None = None):
+    """Every (experiment × grid point × seed) with its overrides, run dir and command line."""
+    base = (root / spec.base_config).resolve() if spec.base_config else None
+    base_data = load_file(base) if base else {}
+    experiments = spec.experiments or [Experiment(name="default")]
+    keys = list(spec.grid)
+    points = list(itertools.product(*(spec.grid[k] for k in keys))) if keys else [()]
+    runs = []
+    for exp in experiments:
+        for point in points:
+            grid_part = dict(zip(keys, point, strict=True))
+            name = exp.name
+            if grid_part:
+                label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in grid_part.items())
+                name = label if exp.name == "default" and not exp.set else f"{exp.name}/{label}"
+            if only and name != only and exp.name != only:
+                continue
+            for seed in spec.seeds:
+                overrides = {**exp.set, **grid_part, **(spec.quick if quick else {})}
+                overrides[spec.seed_key] = seed
+                key = {"command": spec.command, "base": base_data, "overrides": overrides}
+                run_dir = out / f"{slug(name.replace('/', '_'))}-s{seed}-{config_hash(key)}"
+                argv = _argv(spec, base, overrides, run_dir, seed, name)
+                runs.append(PlannedRun(name, seed, overrides, run_dir, argv))
+    if only and not runs:
+        raise LmlabError(f"--only {only!r}: no experiment of that name in the sweep")
+    return runs
+
+
+def check_run(run: PlannedRun, modes: dict[str, str]) -> str:
+    """done only if the command said done AND the sweep's metrics parse from its logs."""
+    status = read_status(run.run_dir)
+    if status is None:
+        return "incomplete" if run.run_dir.exists() else "pending"
+    if status.get("state") != "done":
+        return status.get("state", "failed")
+    try:
+        rows = read_metrics(run.run_dir)
+    except (LmlabError, OSError, ValueError):
+        rows = []
+    final, best = summarize(rows, modes)
+    if not any(m in final for m in modes):
+        return "missing_metrics"
+    run.summary = {"final": final, "best": best}
+    run.wall_s = run.wall_s or float(status.get("wall_s") or 0.0)
+    return "done"
+
+
+class SweepRunner:
+    def __init__(self, spec: SweepSpec, runs: list[PlannedRun], echo=print):
+        self.spec, self.runs, self.echo = spec, runs, echo
+        self.modes = spec.metric_modes()
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._done = 0
+
+    def _execute(self, run: PlannedRun, total: int) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, self.spec.retries + 2):
+            run.attempts = attempt
+            t0 = time.time()
+            with open(run.run_dir / "sweep.log", "a", encoding="utf-8") as log:
+                log.write(f"$ {shlex.join(run.argv)}  # attempt {attempt}\n")
+                log.flush()
+                proc = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT)
+                with self._lock:
+                    self._procs.add(proc)
+                try:
+                    rc = proc.wait(timeout=self.spec.timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rc = proc.wait()
+                    run.note = f"timed out after {self.spec.timeout_s}s"
+                finally:
+                    with self._lock:
+                        self._procs.discard(proc)
+            run.wall_s = time.time() - t0
+            run.status = check_run(run, self.modes) if rc == 0 else "failed"
+            if rc != 0 and not run.note:
+                run.note = f"exit {rc}; see {run.run_dir / 'sweep.log'}"
+            if run.status == "done":
+                run.note = ""
+                break
+        with self._lock:
+            self._done += 1
+            self.echo(
+                f"[{self._done}/{total}] {run.experiment} seed={run.seed}: {run.status}"
+                f" ({run.wall_s:.1f}s{', ' + run.note if run.note else ''})"
+            )
+
+    def run(self, force: bool = False, max_runs: int | None = None, workers: int = 1) -> None:
+        todo = []
+        for run in self.runs:
+            state = "pending" if force else check_run(run, self.modes)
+            if state == "done":
+                run.status, run.note = "done", "cached"
+            else:
+                todo.append(run)
+        cached = len(self.runs) - len(todo)
+        if max_runs is not None:
+            for run in todo[max_runs:]:
+                run.status, run.note = "not_run", "beyond --max-runs"
+            todo = todo[:max_runs]
+        self.echo(
+            f"sweep {self.spec.name}: {len(self.runs)} runs, {cached} already done, "
+            f"{len(todo)} to run with {workers} worker(s)"
+        )
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(lambda r: self._execute(r, len(todo)), todo))
+        except KeyboardInterrupt:
+            with self._lock:
+                for proc in self._procs:
+                    proc.terminate()
+            raise
+
+    @property
+    def failed(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.status not in ("done", "not_run")]
+
+
+def describe(run: PlannedRun) -> str:
+    env = {k: v for k, v in os.environ.items() if k.startswith("LMLAB_")}
+    prefix = " ".join(f"{k}={v}" for k, v in env.items())
+    return (prefix + " " if prefix else "") + shlex.join(run.argv)
+
+
+def resolved_values(run: PlannedRun) -> dict[str, Any]:
+    """The swept keys as the run's own config.yaml recorded them (what actually ran)."""
+    cfg_path = run.run_dir / "config.yaml"
+    data = {}
+    if cfg_path.exists():
+        try:
+            data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            data = {}
+    missing = object()
+    out = {}
+    for key, requested in run.overrides.items():
+        actual = get_path(data, key, missing)
+        out[key] = requested if actual is missing else actual
+    return out

@@ -1,0 +1,161 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+TOY = ROOT / "tests" / "fixtures" / "toy_command.py"
+
+
+def write_sweep(tmp_path, **over):
+    spec = {
+        "name": "toy",
+        "command": f"{sys.executable} {TOY}",
+        "seeds": [0, 1],
+        "experiments": [{"name": "slow", "set": {"lr": 0.02}}, {"name": "fast", "set": {"lr": 0.2}}],
+        "metrics": ["val_loss", "loss"],
+        "quick": {"steps": 3},
+        "out": str(tmp_path / "sweep"),
+        "retries": 0,
+    }
+    spec.update(over)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_summary(tmp_path):
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def logged_runs(tmp_path):
+    """Count command executions by the attempt lines each run's sweep.log records."""
+    logs = list((tmp_path / "sweep").glob("*/sweep.log"))
+    return sum(p.read_text().count("# attempt") for p in logs)
+
+
+def test_sweep_runs_once_then_skips(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path)
+    first = lmlab_cli("sweep", "run", f, check=0)
+    assert "4 to run" in first.stdout
+    assert logged_runs(tmp_path) == 4
+    second = lmlab_cli("sweep", "run", f, check=0)
+    assert "4 already done, 0 to run" in second.stdout
+    assert logged_runs(tmp_path) == 4  # nothing ran again
+    rows = read_summary(tmp_path)
+    runs = [r for r in rows if r["row"] == "run"]
+    aggs = [r for r in rows if r["row"] == "aggregate"]
+    assert len(runs) == 4 and len(aggs) == 2
+    # the swept values are those the run's own config.yaml recorded
+    assert {(r["experiment"], r["lr"], r["seed"]) for r in runs} == {
+        ("slow", "0.02", "0"), ("slow", "0.02", "1"), ("fast", "0.2", "0"), ("fast", "0.2", "1")}
+    fast = [float(r["val_loss_best"]) for r in runs if r["experiment"] == "fast"]
+    agg = next(r for r in aggs if r["experiment"] == "fast")
+    assert float(agg["val_loss_best"]) == pytest.approx(sum(fast) / 2)
+    assert float(agg["val_loss_best_std"]) > 0
+    txt = (tmp_path / "sweep" / "summary.txt").read_text()
+    assert "top 3 by val_loss" in txt and "failed or incomplete runs: 0" in txt
+
+
+def test_seed_reaches_the_run(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path, seeds=[0, 0, 1], experiments=[{"name": "e", "set": {}}])
+    lmlab_cli("sweep", "run", f, check=0)
+    runs = [r for r in read_summary(tmp_path) if r["row"] == "run"]
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], set()).add(r["val_loss_final"])
+    assert len(by_seed["0"]) == 1  # same seed (same run dir) -> same result
+    assert by_seed["0"] != by_seed["1"]  # different seed -> different result
+
+
+def test_dry_run_runs_nothing(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path)
+    out = lmlab_cli("sweep", "run", f, "--dry-run", check=0).stdout
+    assert "4 run(s); dry run" in out and "--set lr=0.2" in out and "--run-dir" in out
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_quick_only_max_runs_and_force(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path)
+    lmlab_cli("sweep", "run", f, "--quick", "--only", "fast", "--max-runs", "1", check=0)
+    assert logged_runs(tmp_path) == 1
+    (cfg,) = (tmp_path / "sweep").glob("fast-*/config.yaml")
+    assert yaml.safe_load(cfg.read_text())["steps"] == 3
+    lmlab_cli("sweep", "run", f, "--quick", "--only", "fast", "--force", "--workers", "2", check=0)
+    assert logged_runs(tmp_path) == 3  # 1 + both fast seeds again
+
+
+def test_failure_continues_and_exits_nonzero(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path, experiments=[{"name": "bad", "set": {"fail": True}},
+                                           {"name": "good", "set": {}}], retries=1)
+    proc = lmlab_cli("sweep", "run", f)
+    assert proc.returncode == 1 and "2 of 4 run(s) failed" in proc.stderr
+    runs = {(r["experiment"], r["status"]) for r in read_summary(tmp_path) if r["row"] == "run"}
+    assert runs == {("bad", "failed"), ("good", "done")}
+    assert logged_runs(tmp_path) == 2 * 2 + 2  # failed runs retried once
+
+
+def test_run_without_metrics_is_not_a_success(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path, seeds=[0], experiments=[{"name": "quiet", "set": {"log_metrics": False}}])
+    proc = lmlab_cli("sweep", "run", f)
+    assert proc.returncode == 1
+    (row,) = [r for r in read_summary(tmp_path) if r["row"] == "run"]
+    assert row["status"] == "missing_metrics"
+
+
+def test_killed_sweep_resumes_only_missing(tmp_path):
+    f = write_sweep(tmp_path, experiments=[{"name": "e", "set": {"sleep_s": 0.05}}],
+                    seeds=[0, 1, 2, 3])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
+                            start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if len(list((tmp_path / "sweep").glob("*/status.json"))) >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list((tmp_path / "sweep").glob("*/status.json")))
+    assert 1 <= finished < 4
+    proc2 = subprocess.run([sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
+                           capture_output=True, text=True, env=env)
+    assert proc2.returncode == 0, proc2.stderr
+    assert f"{finished} already done, {4 - finished} to run" in proc2.stdout
+    assert len(list((tmp_path / "sweep").glob("*/status.json"))) == 4
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        ({"name": "x", "command": "echo"}, "metrics: Field required"),
+        ({"name": "x", "command": "echo", "metrics": ["a"], "sedes": [1]}, "unknown key 'sedes'"),
+        ({"name": "x", "command": "echo", "metrics": ["a"], "primary": "b"}, "primary metric 'b'"),
+    ],
+)
+def test_bad_sweep_file_one_line_error(tmp_path, lmlab_cli, content, expect):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(content))
+    proc = lmlab_cli("sweep", "run", f)
+    assert proc.returncode == 1
+    assert expect in proc.stderr and proc.stderr.count("\n") == 1 and str(f) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sweep_paths_relative_to_file(tmp_path, lmlab_cli):
+    base = tmp_path / "base.yaml"
+    base.write_text("steps: 4\n")
+    f = write_sweep(tmp_path, base_config="base.yaml", seeds=[0],
+                    experiments=[{"name": "b", "set": {}}])
+    lmlab_cli("sweep", "run", f, check=0, cwd=Path("/"))
+    (cfg,) = (tmp_path / "sweep").glob("b-*/config.yaml")
+    assert yaml.safe_load(cfg.read_text())["steps"] == 4
