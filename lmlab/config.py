@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lmlab.errors import LmlabError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# Studies append their own profile folders when the CLI mounts them (the core never imports them).
+EXTRA_PROFILE_DIRS: list[Path] = []
+
+
+def profile_dirs() -> list[Path]:
+    return [PROFILE_DIR, *EXTRA_PROFILE_DIRS]
+
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -56,6 +63,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
             f"{path}: expected a mapping of keys at the top, got {type(data).__name__}"
         )
     return data
+
+
+def json_inline(value: Any) -> str:
+    """A value as one line of YAML flow syntax (JSON is valid YAML), for --set."""
+    return json.dumps(value)
 
 
 def dump_yaml(data: BaseModel | dict) -> str:
@@ -135,7 +147,7 @@ def profile_description(path: Path) -> str:
 
 def list_profiles(dirs: list[Path] | None = None) -> list[tuple[str, str, Path]]:
     found: dict[str, Path] = {}
-    for d in dirs or [PROFILE_DIR]:
+    for d in dirs or profile_dirs():
         for p in sorted(Path(d).glob("*.yaml")):
             found[p.stem] = p
     return [(name, profile_description(p), p) for name, p in sorted(found.items())]

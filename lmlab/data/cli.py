@@ -21,7 +21,9 @@ def _group() -> None:
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A shard directory, or a parent holding train/ and val/."),
+    path: Path = typer.Argument(
+        ..., help="A shard directory, or a parent holding train/ and val/."
+    ),
     sample_chars: int = typer.Option(200, "--sample-chars", help="Characters of sample to show."),
 ) -> None:
     """Show a shard directory's counts, dtype, tokenizer, provenance, split and a sample.
@@ -33,7 +35,10 @@ def inspect(
             _show(ShardDir(path / sub), sample_chars, split_note=f"{sub}/ subdirectory")
         return
     d = ShardDir(path)
-    note = split_view(path, "val").rule if d.n_tokens else "empty"
+    note = "no tokens"
+    if d.n_tokens:
+        val = split_view(path, "val")
+        note = f"{val.rule} ({val.n_tokens:,} tokens)"
     _show(d, sample_chars, split_note=note)
 
 
@@ -49,7 +54,9 @@ def _show(d: ShardDir, sample_chars: int, split_note: str) -> None:
         f"  tokenizer  kind={tok.get('kind', '?')}  vocab={tok.get('vocab_size', '?')}"
         f"  hash={tok['hash']}"
     )
-    echo(f"  source {m.get('source') or '-'}   split {m.get('split', '-')}   seed {m.get('seed', '-')}")
+    echo(
+        f"  source {m.get('source') or '-'}   split {m.get('split', '-')}   seed {m.get('seed', '-')}"
+    )
     echo(f"  validation: {split_note}")
     if d.has_mask and d.n_tokens:
         masked = sum(int(np.count_nonzero(d.mask(i) == 0)) for i in range(d.n_shards))

@@ -106,8 +106,7 @@ class Tokenizer:
         """Ids to text; special ids become their literals ("<|eot|>"), or nothing if skipped."""
         parts: list[str] = []
         run: list[int] = []
-        for i in ids:
-            i = int(i)
+        for i in self._checked(ids):
             name = self._id_to_special.get(i)
             if name is None:
                 run.append(i)
@@ -121,6 +120,16 @@ class Tokenizer:
         if run:
             parts.append(self._decode_plain(run))
         return "".join(parts)
+
+    def _checked(self, ids: Iterable[int]) -> list[int]:
+        """Ids as ints, refusing ones outside the vocabulary (the backends disagree on those:
+        one skips them silently, another raises its own error)."""
+        ids = [int(i) for i in ids]
+        n = self.vocab_size
+        bad = next((i for i in ids if not 0 <= i < n), None)
+        if bad is not None:
+            raise LmlabError(f"token id {bad} is outside the vocabulary (size {n})")
+        return ids
 
     def special_id(self, name: str) -> int:
         try:

@@ -58,7 +58,7 @@ def _segment(tok: Tokenizer, message: dict) -> tuple[list[int], list[int]]:
 
 
 def _layout(
-    tok: Tokenizer, messages: list[dict], max_tokens: int | None, suffix: list[int]
+    tok: Tokenizer, messages: list[dict], max_tokens: int | None, suffix: list[int], last: str
 ) -> Rendered:
     """bos + system, then turns (a user message and the replies up to the next user message),
     then `suffix`; whole turns are dropped oldest first until the total fits `max_tokens`."""
@@ -81,7 +81,7 @@ def _layout(
             total -= len(turns[dropped][0])
             dropped += 1
         if total > max_tokens:
-            what = "the last exchange" if turns else "the system message"
+            what = last if turns else "the system message"
             extra = " with the system message" if len(head_ids) > 1 and turns else ""
             raise LmlabError(
                 f"conversation does not fit in {max_tokens} tokens: {what}{extra} alone needs "
@@ -100,7 +100,7 @@ def render_conversation_info(
     messages = validate_messages(messages)
     if not messages:
         raise LmlabError("conversation has no messages")
-    return _layout(tok, messages, max_tokens, suffix=[])
+    return _layout(tok, messages, max_tokens, suffix=[], last="the last exchange")
 
 
 def render_conversation(
@@ -125,7 +125,8 @@ def render_for_completion_info(
         messages = messages[:-1]  # the answer is what the model will write
     if not messages or messages[-1]["role"] != "user":
         raise LmlabError("nothing to answer: the conversation must end with a user message")
-    return _layout(tok, messages, max_tokens, suffix=[tok.special_id("assistant")])
+    suffix = [tok.special_id("assistant")]
+    return _layout(tok, messages, max_tokens, suffix, last="the last user message")
 
 
 def render_for_completion(

@@ -68,7 +68,7 @@ class WordTokenizer(HFTokenizer):
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         # One pass over all ids so words on either side of a special token keep their space.
-        keep = (int(i) for i in ids if not (skip_special and self.is_special(i)))
+        keep = (i for i in self._checked(ids) if not (skip_special and self.is_special(i)))
         return _join_words(self.id_to_piece(i) for i in keep)
 
 

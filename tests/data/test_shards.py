@@ -45,7 +45,9 @@ def test_roundtrip_uint16_rolls_shards_at_document_boundaries(tmp_path):
 def test_roundtrip_uint32_sft_with_masks(tmp_path):
     tok = {**TOK, "vocab_size": 70000, "hash": "b" * 16}
     docs = random_docs(6, 70000, lo=65536)
-    masks = [np.random.default_rng(i).integers(0, 2, size=len(x)).tolist() for i, x in enumerate(docs)]
+    masks = [
+        np.random.default_rng(i).integers(0, 2, size=len(x)).tolist() for i, x in enumerate(docs)
+    ]
     meta = write(tmp_path / "s", docs, tok=tok, masks=masks, kind="sft")
     d = ShardDir(tmp_path / "s")
     assert meta["dtype"] == "uint32" and d.dtype.itemsize == 4 and d.has_mask
@@ -101,7 +103,9 @@ def test_tokenizer_mismatch_names_both_hashes(tmp_path):
     write(tmp_path / "s", random_docs(3, 1000))
     d = ShardDir(tmp_path / "s")
     d.check_tokenizer("a" * 16)
-    with pytest.raises(LmlabError, match=f"tokenizer mismatch: .*{'a' * 16}.*checkpoint uses {'c' * 16}"):
+    with pytest.raises(
+        LmlabError, match=f"tokenizer mismatch: .*{'a' * 16}.*checkpoint uses {'c' * 16}"
+    ):
         d.check_tokenizer("c" * 16)
 
 
