@@ -14,7 +14,11 @@ def run_lmlab(*args, cwd=None, env=None, timeout=300, check=None):
     full_env.pop("LMLAB_DEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "lmlab", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
     )
     if check is not None:
         assert proc.returncode == check, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"

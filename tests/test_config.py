@@ -20,7 +20,9 @@ class Cfg(C.Strict):
 
 
 def test_set_overrides_are_typed_and_parse_yaml(tmp_path):
-    cfg = C.resolve(Cfg, sets=["steps=42", "optim.lr=3e-4", "optim.betas=[0.8, 0.9]", "extra={a: 1}"])
+    cfg = C.resolve(
+        Cfg, sets=["steps=42", "optim.lr=3e-4", "optim.betas=[0.8, 0.9]", "extra={a: 1}"]
+    )
     assert cfg.steps == 42 and cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.optim.betas == [0.8, 0.9] and cfg.extra == {"a": 1}
 

@@ -7,7 +7,9 @@ DDP run sees the same data as a single-process run at the same global batch.
 
 Batch k is a pure function of (seed, k): state is only the step counter, and resuming from
 `state_dict()` continues exactly where the uninterrupted loader would have. One step = one call to
-`next_batch()` (one micro-batch, when the trainer accumulates gradients).
+`next_batch()` (one micro-batch, when the trainer accumulates gradients). With `accum=A`, an
+optimizer step's G = batch_size * world_size * A rows are cut into A micro-steps, micro-step m of
+rank r taking block (m * world_size + r): the data depends only on the total batch.
 
 Train rows: each row draws its source by weight, then a uniformly random window of seq_len + 1
 tokens in that source (windows never cross a shard boundary), from an RNG seeded by (seed, k).
@@ -123,6 +125,7 @@ class TokenLoader:
         expected_from: str = "checkpoint",
         use_mask: bool = False,
         doc_rows: bool = False,
+        accum: int = 1,
     ):
         if seq_len < 1 or batch_size < 1:
             raise LmlabError(
@@ -133,7 +136,12 @@ class TokenLoader:
         self.weights = _normalise_sources(sources)
         self.split, self.seq_len, self.batch_size = split, int(seq_len), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.global_batch = self.batch_size * self.world_size
+        if accum < 1:
+            raise LmlabError(f"loader: accum ({accum}) must be >= 1")
+        self.accum = int(accum)
+        # one optimizer step's rows, split over micro-steps and ranks: the data depends only on
+        # the total batch, not on how it is cut into micro-batches or processes
+        self.global_batch = self.batch_size * self.world_size * self.accum
         self.use_mask, self.doc_rows = bool(use_mask), bool(doc_rows)
         self.sources = [
             _Source(p, w, split_view(p, split), self.seq_len, self.doc_rows)
@@ -194,9 +202,10 @@ class TokenLoader:
         return self._val_src[g], self._val_idx[g]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (x, y) of global step `step`, without moving the step counter."""
-        src, idx = self._plan(step)
-        lo = self.rank * self.batch_size
+        """This rank's (x, y) of micro-step `step`, without moving the step counter."""
+        g_step, micro = divmod(step, self.accum)
+        src, idx = self._plan(g_step)
+        lo = (micro * self.world_size + self.rank) * self.batch_size
         src, idx = src[lo : lo + self.batch_size], idx[lo : lo + self.batch_size]
         x = np.full((self.batch_size, self.seq_len), self.bos_id, dtype=np.int64)
         y = np.full((self.batch_size, self.seq_len), IGNORE_INDEX, dtype=np.int64)
@@ -233,7 +242,7 @@ class TokenLoader:
         n = self.num_val_batches
         if max_batches is not None:
             n = min(n, max_batches)
-        for k in range(n):
+        for k in range(n * self.accum):
             yield self.batch(k)
 
     @property

@@ -108,7 +108,14 @@ class ModelConfig(BaseModel):
     # ---- size and cost --------------------------------------------------------------------------
     def num_params(self) -> int:
         """Parameter count, computed from the config (equals GPT(cfg).num_params())."""
-        d, h, kv, hd, f, v = self.width, self.heads, self.kv_heads, self.hdim, self.hidden, self.vocab_size
+        d, h, kv, hd, f, v = (
+            self.width,
+            self.heads,
+            self.kv_heads,
+            self.hdim,
+            self.hidden,
+            self.vocab_size,
+        )
         attn = d * h * hd + 2 * d * kv * hd + h * hd * d
         if self.qkv_bias:
             attn += h * hd + 2 * kv * hd

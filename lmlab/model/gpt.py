@@ -124,10 +124,14 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.norm_embed = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps) if cfg.embed_norm else None
+        self.norm_embed = (
+            RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps) if cfg.embed_norm else None
+        )
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm_out = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.lm_head = (
+            None if cfg.tie_embeddings else nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        )
         cos, sin = rotary_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -173,7 +177,9 @@ class GPT(nn.Module):
         B, T = ids.shape
         if kv_cache is None:
             if T > self.cfg.seq_len:
-                raise LmlabError(f"sequence of {T} tokens exceeds the context of {self.cfg.seq_len}")
+                raise LmlabError(
+                    f"sequence of {T} tokens exceeds the context of {self.cfg.seq_len}"
+                )
             cos, sin = self.rope_cos[None, :T, None, :], self.rope_sin[None, :T, None, :]
         else:
             if kv_cache.max_position(T) >= self.cfg.seq_len:

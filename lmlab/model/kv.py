@@ -89,7 +89,9 @@ class KVCache:
             shape = (self.n_layer, B, n_kv, self.capacity, D)
             self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(shape, dtype=v.dtype, device=v.device)
-            self.valid = torch.zeros(self.n_layer, B, self.capacity, dtype=torch.bool, device=k.device)
+            self.valid = torch.zeros(
+                self.n_layer, B, self.capacity, dtype=torch.bool, device=k.device
+            )
         start, end = self.pos, self.pos + T
         if end > self.capacity:
             raise LmlabError(f"KV cache full: {end} slots needed, capacity {self.capacity}")
@@ -129,8 +131,13 @@ class KVCache:
             raise LmlabError("KV compression runs once, right after a single prefill chunk")
         if self.compressed:
             raise LmlabError("KV cache was already compressed")
-        if policy.query_window and self.queries is None:
-            raise LmlabError(f"KV policy {policy.name!r} needs the cache to record prefill queries")
+        need = self.prefill_len if policy.query_window < 0 else min(policy.query_window, self.pos)
+        have = 0 if self.queries is None else self.queries.shape[3]
+        if have < need:
+            raise LmlabError(
+                f"KV policy {policy.name!r} needs the last {need} prefill queries, the cache "
+                f"recorded {have} (create the KVCache with record_queries=policy.query_window)"
+            )
         n_layer, B, n_kv, _, D = self.k.shape
         keep = [policy.kept_length(n) for n in self.seen]
         length = max(keep) + (self.capacity - self.pos)
@@ -140,9 +147,10 @@ class KVCache:
         for b, n in enumerate(self.seen):
             first = self.pos - n  # real prompt tokens occupy slots first..pos-1
             keys, values = self.k[:, b, :, first : self.pos], self.v[:, b, :, first : self.pos]
-            queries = self.queries[:, b] if self.queries is not None else keys[:, :0]
-            if self.queries is not None:
-                queries = queries[:, :, max(0, queries.shape[2] - n) :]
+            if self.queries is None:  # the policy needs none
+                queries = keys.new_zeros(n_layer, 0, 0, D)
+            else:  # the recorded window's real (non-padding) queries
+                queries = self.queries[:, b, :, max(0, self.queries.shape[3] - n) :]
             idx = policy.select(keys, queries, b)  # [L, Hkv, k]
             if idx.shape[-1] != keep[b]:
                 raise RuntimeError(f"policy {policy.name} kept {idx.shape[-1]}, expected {keep[b]}")

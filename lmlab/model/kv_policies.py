@@ -184,7 +184,9 @@ def make_policy(
     return RandomPolicy(budget, seed=seed)
 
 
-def attention_scores(queries: torch.Tensor, keys: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+def attention_scores(
+    queries: torch.Tensor, keys: torch.Tensor, reduce: str = "mean"
+) -> torch.Tensor:
     """Attention that the last w positions' queries [L, H, w, D] give to each of n keys
     [L, Hkv, n, D] (causal: query i sits at position n - w + i), reduced over queries ("mean" or
     "sum") and averaged over each KV head's group of query heads -> [L, Hkv, n], float32."""

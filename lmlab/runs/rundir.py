@@ -128,6 +128,7 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.config_path, dump_yaml(cfg))
             run.status_path.unlink(missing_ok=True)  # a rerun is not done until it says so
+            (path / "metrics.parquet").unlink(missing_ok=True)  # stale until finish() rewrites it
         return run
 
     # -- metrics
@@ -161,7 +162,8 @@ class RunDir:
         """Write metrics.parquet, then status.json last."""
         if not self.is_main:
             return {}
-        rows = read_metrics(self.path)
+        # metrics.jsonl is the log of record while a run goes; parquet is derived from it here
+        rows = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
         if rows:
             write_parquet(rows, self.path / "metrics.parquet")
         final, best = summarize(rows, modes)
@@ -225,7 +227,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     if pq.exists():
         import polars as pl
 
-        return pl.read_parquet(pq).to_dicts()
+        # parquet fills absent columns with nulls; rows read back as they were logged
+        return [
+            {k: v for k, v in r.items() if v is not None} for r in pl.read_parquet(pq).to_dicts()
+        ]
     jl = path / "metrics.jsonl"
     return read_jsonl(jl) if jl.exists() else []
 

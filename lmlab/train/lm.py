@@ -143,7 +143,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) ->
                 use_mask=use_mask,
                 doc_rows=doc_rows,
             )
-            train_data = TokenLoader(sources, "train", **common)
+            train_data = TokenLoader(
+                sources, "train", accum=cfg.accum_steps(dist.world_size), **common
+            )
             val_data = TokenLoader(sources, "val", **common)
             evaluate = make_evaluator(
                 val_data, dist, token_bytes(tok, cfg.model.vocab_size), cfg.eval_batches

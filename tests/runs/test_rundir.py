@@ -55,7 +55,9 @@ def test_killed_run_leaves_no_done_marker(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=False)
     (path,) = find_runs(tmp_path)
     assert run_state(path) == "incomplete"
-    assert read_metrics(path) == [{"step": 1, "loss": 1.0, "time_s": read_metrics(path)[0]["time_s"]}]
+    assert read_metrics(path) == [
+        {"step": 1, "loss": 1.0, "time_s": read_metrics(path)[0]["time_s"]}
+    ]
 
 
 def test_rerun_clears_old_status(tmp_path):

@@ -19,7 +19,10 @@ def write_sweep(tmp_path, **over):
         "name": "toy",
         "command": f"{sys.executable} {TOY}",
         "seeds": [0, 1],
-        "experiments": [{"name": "slow", "set": {"lr": 0.02}}, {"name": "fast", "set": {"lr": 0.2}}],
+        "experiments": [
+            {"name": "slow", "set": {"lr": 0.02}},
+            {"name": "fast", "set": {"lr": 0.2}},
+        ],
         "metrics": ["val_loss", "loss"],
         "quick": {"steps": 3},
         "out": str(tmp_path / "sweep"),
@@ -56,7 +59,11 @@ def test_sweep_runs_once_then_skips(tmp_path, lmlab_cli):
     assert len(runs) == 4 and len(aggs) == 2
     # the swept values are those the run's own config.yaml recorded
     assert {(r["experiment"], r["lr"], r["seed"]) for r in runs} == {
-        ("slow", "0.02", "0"), ("slow", "0.02", "1"), ("fast", "0.2", "0"), ("fast", "0.2", "1")}
+        ("slow", "0.02", "0"),
+        ("slow", "0.02", "1"),
+        ("fast", "0.2", "0"),
+        ("fast", "0.2", "1"),
+    }
     fast = [float(r["val_loss_best"]) for r in runs if r["experiment"] == "fast"]
     agg = next(r for r in aggs if r["experiment"] == "fast")
     assert float(agg["val_loss_best"]) == pytest.approx(sum(fast) / 2)
@@ -94,8 +101,11 @@ def test_quick_only_max_runs_and_force(tmp_path, lmlab_cli):
 
 
 def test_failure_continues_and_exits_nonzero(tmp_path, lmlab_cli):
-    f = write_sweep(tmp_path, experiments=[{"name": "bad", "set": {"fail": True}},
-                                           {"name": "good", "set": {}}], retries=1)
+    f = write_sweep(
+        tmp_path,
+        experiments=[{"name": "bad", "set": {"fail": True}}, {"name": "good", "set": {}}],
+        retries=1,
+    )
     proc = lmlab_cli("sweep", "run", f)
     assert proc.returncode == 1 and "2 of 4 run(s) failed" in proc.stderr
     runs = {(r["experiment"], r["status"]) for r in read_summary(tmp_path) if r["row"] == "run"}
@@ -104,7 +114,9 @@ def test_failure_continues_and_exits_nonzero(tmp_path, lmlab_cli):
 
 
 def test_run_without_metrics_is_not_a_success(tmp_path, lmlab_cli):
-    f = write_sweep(tmp_path, seeds=[0], experiments=[{"name": "quiet", "set": {"log_metrics": False}}])
+    f = write_sweep(
+        tmp_path, seeds=[0], experiments=[{"name": "quiet", "set": {"log_metrics": False}}]
+    )
     proc = lmlab_cli("sweep", "run", f)
     assert proc.returncode == 1
     (row,) = [r for r in read_summary(tmp_path) if r["row"] == "run"]
@@ -112,12 +124,17 @@ def test_run_without_metrics_is_not_a_success(tmp_path, lmlab_cli):
 
 
 def test_killed_sweep_resumes_only_missing(tmp_path):
-    f = write_sweep(tmp_path, experiments=[{"name": "e", "set": {"sleep_s": 0.05}}],
-                    seeds=[0, 1, 2, 3])
+    f = write_sweep(
+        tmp_path, experiments=[{"name": "e", "set": {"sleep_s": 0.05}}], seeds=[0, 1, 2, 3]
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
-                            start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if len(list((tmp_path / "sweep").glob("*/status.json"))) >= 1:
@@ -127,8 +144,12 @@ def test_killed_sweep_resumes_only_missing(tmp_path):
     proc.wait()
     finished = len(list((tmp_path / "sweep").glob("*/status.json")))
     assert 1 <= finished < 4
-    proc2 = subprocess.run([sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
-                           capture_output=True, text=True, env=env)
+    proc2 = subprocess.run(
+        [sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc2.returncode == 0, proc2.stderr
     assert f"{finished} already done, {4 - finished} to run" in proc2.stdout
     assert len(list((tmp_path / "sweep").glob("*/status.json"))) == 4
@@ -154,8 +175,9 @@ def test_bad_sweep_file_one_line_error(tmp_path, lmlab_cli, content, expect):
 def test_sweep_paths_relative_to_file(tmp_path, lmlab_cli):
     base = tmp_path / "base.yaml"
     base.write_text("steps: 4\n")
-    f = write_sweep(tmp_path, base_config="base.yaml", seeds=[0],
-                    experiments=[{"name": "b", "set": {}}])
+    f = write_sweep(
+        tmp_path, base_config="base.yaml", seeds=[0], experiments=[{"name": "b", "set": {}}]
+    )
     lmlab_cli("sweep", "run", f, check=0, cwd=Path("/"))
     (cfg,) = (tmp_path / "sweep").glob("b-*/config.yaml")
     assert yaml.safe_load(cfg.read_text())["steps"] == 4
