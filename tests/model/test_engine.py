@@ -1,26 +1,8 @@
 import pytest
-import torch
 
 from lmlab.errors import LmlabError
-from lmlab.model import GPT, Engine, GenerationConfig, ModelConfig
-
-V = 64
-
-
-def tiny_model(seed: int = 0) -> GPT:
-    cfg = ModelConfig(depth=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=V, seq_len=96)
-    model = GPT(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model.eval()
-
-
-def prompts(*lengths: int, seed: int = 0) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, V, (n,), generator=gen).tolist() for n in lengths]
+from lmlab.model import Engine, GenerationConfig
+from tests.model.tiny import V, prompts, tiny_model
 
 
 @pytest.fixture(scope="module")
