@@ -54,6 +54,16 @@ def _mount() -> None:
     app.add_typer(data_app, name="data")
     app.add_typer(runs_app, name="runs")
     app.add_typer(sweep_app, name="sweep")
+    _mount_studies()
+
+
+def _mount_studies() -> None:
+    """Each study owns a sub-app; only this file may import studies."""
+    from lmlab.studies.notes.cache_cli import cache_app as notes_cache_app
+    from lmlab.studies.notes.cli import notes_app
+
+    app.add_typer(notes_cache_app, name="cache")
+    app.add_typer(notes_app, name="notes")
 
 
 _mount()

@@ -158,3 +158,25 @@ def test_sweep_over_real_train_seeds(lmlab_cli, tmp_path):
     by_seed = {r["seed"]: r["val_loss_final"] for r in runs}
     assert by_seed["0"] != by_seed["1"]
     assert len({r["val_loss_final"] for r in runs if r["seed"] == "0"}) == 1
+
+
+def test_chat_shrinks_reply_cap_to_fit_a_long_system_prompt(tmp_path):
+    import torch
+
+    from lmlab.model import GPT, Engine, GenerationConfig, ModelConfig
+    from lmlab.model.cli import MIN_REPLY, answer
+    from lmlab.text.tokenizer import build_word_tokenizer
+
+    tok = build_word_tokenizer([f"w{i}" for i in range(40)])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(depth=1, n_embd=32, n_head=2, vocab_size=tok.vocab_size, seq_len=48))
+    engine = Engine(model, tok)
+    system = " ".join(f"w{i}" for i in range(20))  # 28 prompt tokens: 40 new do not fit
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": "w1 w2"}]
+    cfg = GenerationConfig(max_new_tokens=40, stop_tokens=[tok.eot_id])
+    calls = []
+    real = engine.generate
+    engine.generate = lambda ids, c: calls.append((len(ids[0]), c.max_new_tokens)) or real(ids, c)
+    answer(engine, tok, msgs, cfg)
+    ((prompt_len, cap),) = calls
+    assert prompt_len + cap == 48 and MIN_REPLY <= cap < 40

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -72,17 +72,24 @@ def generate_command(
         typer.echo(prompt + (gen.text or ""))
 
 
+MIN_REPLY = 16  # a reply cap is shrunk to fit a long prompt, but not below this
+
+
 def answer(engine, tok, messages: list[dict], cfg) -> str:
-    """One assistant reply: the chat template, old turns dropped to fit, stop at eot."""
+    """One assistant reply: the chat template, old turns dropped to fit, stop at eot.
+
+    Old turns go first; if the system prompt and the last user message alone leave less than
+    max_new_tokens, the reply cap shrinks (down to MIN_REPLY) instead of failing.
+    """
     from lmlab.text.chat import render_for_completion
 
-    room = engine.model_cfg.seq_len - cfg.max_new_tokens
-    if room < 2:
-        raise LmlabError(
-            f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in "
-            f"the context of {engine.model_cfg.seq_len}"
-        )
-    ids = render_for_completion(tok, messages, max_tokens=room)
+    context = engine.model_cfg.seq_len
+    floor = min(cfg.max_new_tokens, MIN_REPLY)
+    try:
+        ids = render_for_completion(tok, messages, max_tokens=context - cfg.max_new_tokens)
+    except LmlabError:
+        ids = render_for_completion(tok, messages, max_tokens=context - floor)
+    cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, context - len(ids)))
     (gen,) = engine.generate([ids], cfg)
     return tok.decode(gen.tokens, skip_special=True).strip()
 

@@ -14,6 +14,9 @@ class DataConfig(Strict):
     sources: dict[str, float] = Field(
         default_factory=dict, description="Shard directory -> mixture weight (normalised)."
     )
+    val_sources: dict[str, float] | None = Field(
+        None, description="Validate on these shard dirs' val splits instead (None: sources)."
+    )
     builtin: str | None = Field(
         None, description="Use a built-in generated corpus instead of sources (e.g. 'toy')."
     )
@@ -45,6 +48,11 @@ class ScheduleConfig(Strict):
     min_lr_frac: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of peak.")
 
 
+# Where and how verbosely a run trains does not make it another experiment: `--device cpu` or
+# `--set progress=false` continue the same run directory (config.yaml still records both).
+NOT_IN_RUN_ID = ("device", "progress")
+
+
 class TrainConfig(Strict):
     name: str = Field("train", description="Run name; the run id is <name>-<hash8>.")
     phase: Literal["pretrain", "sft"] = "pretrain"
@@ -59,6 +67,7 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     eval_every: int = Field(50, ge=0, description="Validation every N steps (0: only at the end).")
     eval_batches: int = Field(8, ge=1)
+    eval_at_start: bool = Field(False, description="Also validate before the first step (step 0).")
     ckpt_every: int = Field(0, ge=0, description="Also keep step_N every N steps (0: never).")
     init_from: str | None = Field(None, description="Run or checkpoint dir to start weights from.")
     peak_flops: float | None = Field(None, description="For MFU (None: measured matmul peak).")

@@ -14,7 +14,7 @@ from lmlab.model.checkpoint import load_model, read_meta
 from lmlab.model.gpt import GPT
 from lmlab.runs.rundir import RunDir
 from lmlab.text.tokenizer import Tokenizer, load_tokenizer
-from lmlab.train.config import TrainConfig
+from lmlab.train.config import NOT_IN_RUN_ID, TrainConfig
 from lmlab.train.dist import Dist, init_distributed, shutdown
 from lmlab.train.trainer import Trainer
 
@@ -76,9 +76,10 @@ def resolve_sources(cfg: TrainConfig) -> tuple[dict[str, float], str | None]:
             "no training data: set data.sources, pass --data DIR, set LMLAB_DATA_DIR, "
             "or use data.builtin=toy"
         )
-    for path in sources:
-        if not Path(path).exists():
-            raise LmlabError(f"data.sources: no such directory: {path}")
+    for key, paths in (("data.sources", sources), ("data.val_sources", cfg.data.val_sources or {})):
+        for path in paths:
+            if not Path(path).exists():
+                raise LmlabError(f"{key}: no such directory: {path}")
     return sources, cfg.data.tokenizer
 
 
@@ -117,7 +118,12 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) ->
     try:
         cfg, sources, tok, init_meta = prepare(cfg)
         run = RunDir.create(
-            cfg, name=cfg.name, run_dir=run_dir, fresh=not resume, is_main=dist.is_main
+            cfg,
+            name=cfg.name,
+            run_dir=run_dir,
+            fresh=not resume,
+            is_main=dist.is_main,
+            exclude=NOT_IN_RUN_ID,
         )
         dist.barrier()
         if dist.is_main and not (run.path / "tokenizer").exists():
@@ -146,7 +152,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) ->
             train_data = TokenLoader(
                 sources, "train", accum=cfg.accum_steps(dist.world_size), **common
             )
-            val_data = TokenLoader(sources, "val", **common)
+            val_data = TokenLoader(cfg.data.val_sources or sources, "val", **common)
             evaluate = make_evaluator(
                 val_data, dist, token_bytes(tok, cfg.model.vocab_size), cfg.eval_batches
             )

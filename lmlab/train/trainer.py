@@ -203,6 +203,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         last_metrics: dict[str, float] = {}
+        if cfg.eval_at_start and self.step == 0:
+            self.run.log(0, **self.evaluate())
         while self.step < cfg.steps:
             lr = set_lr(self.optimizers, lr_factor(self.step, cfg.steps, cfg.schedule))
             t0 = time.perf_counter()

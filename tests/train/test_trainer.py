@@ -193,3 +193,32 @@ def test_ddp_two_processes_match_single(toy_data, tmp_path):
     vs = [r["val_loss"] for r in read_metrics(ddp) if "val_loss" in r]
     vs1 = [r["val_loss"] for r in read_metrics(single) if "val_loss" in r]
     assert vs == pytest.approx(vs1, rel=1e-4)
+
+
+def test_val_sources_and_eval_at_start(toy_data, tmp_path):
+    pre, sft_dir, _ = toy_data
+    base = train(
+        cfg_for(toy_data, steps=2, eval_every=0, eval_at_start=True), run_dir=tmp_path / "a"
+    )
+    other = train(
+        cfg_for(
+            toy_data,
+            steps=2,
+            eval_every=0,
+            eval_at_start=True,
+            **{"data.val_sources": "{" + f'"{sft_dir}": 1' + "}"},
+        ),
+        run_dir=tmp_path / "b",
+    )
+    rows_a, rows_b = read_metrics(base.path), read_metrics(other.path)
+    assert rows_a[0]["step"] == 0 and "val_loss" in rows_a[0] and "loss" not in rows_a[0]
+    assert losses(base.path) == losses(other.path)  # same training data
+    assert rows_a[0]["val_loss"] != rows_b[0]["val_loss"]  # validated on other shards
+
+
+def test_device_and_progress_do_not_change_the_run_id(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_RUNS_DIR", str(tmp_path))
+    a = train(cfg_for(toy_data, steps=2, eval_every=0))
+    b = train(cfg_for(toy_data, steps=2, eval_every=0, device="cpu", progress="true"))
+    c = train(cfg_for(toy_data, steps=3, eval_every=0))
+    assert a.path == b.path != c.path
