@@ -15,8 +15,12 @@ def test_md_table_formats_numbers_and_missing():
 
 
 def test_report_sections_and_relative_images(tmp_path):
-    img = line_plot({"train": ([1, 2, 3], [3.0, 2.0, 1.5]), "val": ([1, 3], [3.1, 1.7])},
-                    tmp_path / "plots" / "loss.png", title="loss", ylabel="nats")
+    img = line_plot(
+        {"train": ([1, 2, 3], [3.0, 2.0, 1.5]), "val": ([1, 3], [3.1, 1.7])},
+        tmp_path / "plots" / "loss.png",
+        title="loss",
+        ylabel="nats",
+    )
     rep = Report("Run").section("Loss", "falls").table(["k"], [[1]]).image(img, tmp_path)
     path = rep.write(tmp_path / "report.md")
     text = path.read_text()
@@ -26,7 +30,11 @@ def test_report_sections_and_relative_images(tmp_path):
 
 
 def test_bar_and_heatmap_write_pngs(tmp_path):
-    b = bar_plot(["short", "long"], {"A": [0.9, 0.5], "B": [0.8, 0.7]}, tmp_path / "b.png",
-                 errors={"A": [0.05, 0.1]})
+    b = bar_plot(
+        ["short", "long"],
+        {"A": [0.9, 0.5], "B": [0.8, 0.7]},
+        tmp_path / "b.png",
+        errors={"A": [0.05, 0.1]},
+    )
     h = heatmap([[0, 1], [2, 3], [4, 5]], tmp_path / "h.png", extent=(0, 2, 0, 3), vmin=0, vmax=5)
     assert png_size(b)[0] > 0 and png_size(h)[1] > 0
