@@ -5,11 +5,11 @@ STAMP  := $(VENV)/.lmlab-installed
 # torch first and pinned: 2.13.0 is a CPU build already on disk here; an unpinned torch
 # would pull several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,hf
 
 .PHONY: install demo test bench lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
