@@ -172,6 +172,11 @@ class ShardWriter:
         self.shards.append({"file": f"{stem}.bin", "tokens": self._n, "documents": offsets.size})
         self._files = {}
 
+    def end_shard(self) -> None:
+        """Close the open shard now; the next document starts a new one (e.g. a val shard)."""
+        if self._files:
+            self._finish_shard()
+
     def _abort(self) -> None:
         for f in self._files.values():
             f.close()

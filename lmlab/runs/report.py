@@ -75,8 +75,13 @@ def line_plot(
     ylabel: str = "",
     logy: bool = False,
     bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    xticklabels: Sequence[str] | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> Path:
-    """One line per named series of (x, y); optional (low, high) bands, e.g. confidence intervals."""
+    """One line per named series of (x, y); optional (low, high) bands, e.g. confidence intervals.
+
+    With `xticklabels`, x values are category indices (0, 1, ...) named by those labels.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, (xs, ys) in series.items():
@@ -85,6 +90,10 @@ def line_plot(
             lo, hi = bands[name]
             ax.fill_between(list(xs), list(lo), list(hi), alpha=0.15)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), list(xticklabels))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if logy:
         ax.set_yscale("log")
     if len(series) > 1:
@@ -150,10 +159,46 @@ def heatmap(
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def heatmap_grid(
+    panels: dict[str, Sequence[Sequence[float]]],
+    path: Path,
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cbar_label: str = "",
+) -> Path:
+    """One row of heatmaps sharing axes and one colour scale, so panels compare by eye."""
+    import numpy as np
+
+    plt = _plt()
+    k = max(1, len(panels))
+    fig, axes = plt.subplots(1, k, figsize=(3.4 * k + 1.0, 3.6), squeeze=False, sharey=True)
+    im = None
+    for ax, (name, m) in zip(axes[0], panels.items(), strict=False):
+        im = ax.imshow(
+            np.asarray(m, dtype=float),
+            origin="lower",
+            aspect="auto",
+            extent=extent,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+        )
+        ax.set(title=name, xlabel=xlabel)
+    axes[0][0].set_ylabel(ylabel)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[0]), label=cbar_label)
+    return _save(fig, path, tight=False)
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches=None if tight else "tight")
     _plt().close(fig)
     return path

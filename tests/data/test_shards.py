@@ -131,3 +131,16 @@ def test_split_rules(tmp_path):
     assert split_view(tmp_path / "ev", "val").n_tokens == 30
     with pytest.raises(LmlabError, match="held-out split"):
         split_view(tmp_path / "ev", "train")
+
+
+def test_end_shard_starts_a_new_shard(tmp_path):
+    from lmlab.data.shards import ShardDir, ShardWriter
+
+    meta = {"kind": "bpe", "vocab_size": 100, "hash": "ab" * 8, "special_ids": {"bos": 0, "eot": 1}}
+    with ShardWriter(tmp_path / "d", meta, shard_tokens=10**6) as w:
+        w.add_document([5, 6, 7])
+        w.end_shard()
+        w.end_shard()  # nothing open: no empty shard
+        w.add_document([8, 9])
+    d = ShardDir(tmp_path / "d")
+    assert d.n_shards == 2 and list(d.tokens(1)) == [0, 8, 9]

@@ -38,3 +38,25 @@ def test_bar_and_heatmap_write_pngs(tmp_path):
     )
     h = heatmap([[0, 1], [2, 3], [4, 5]], tmp_path / "h.png", extent=(0, 2, 0, 3), vmin=0, vmax=5)
     assert png_size(b)[0] > 0 and png_size(h)[1] > 0
+
+
+def test_heatmap_grid_and_category_lines(tmp_path):
+    from lmlab.runs.report import heatmap_grid
+
+    g = heatmap_grid(
+        {"a": [[0, 1], [1, 0]], "b": [[1, 1], [0, 0]], "c": [[0.5, 0.5], [0, 1]]},
+        tmp_path / "g.png",
+        extent=(0, 2, 0, 1),
+        vmin=0,
+        vmax=1,
+    )
+    single = heatmap_grid({"a": [[0, 1], [1, 0]]}, tmp_path / "s.png")
+    assert png_size(g)[0] > 2 * png_size(single)[0]  # three panels side by side
+    c = line_plot(
+        {"x": ([0, 2], [0.5, 0.9])},
+        tmp_path / "c.png",
+        xticklabels=["≤16", "17-64", ">64"],
+        bands={"x": ([0.4, 0.8], [0.6, 1.0])},
+        ylim=(0, 1),
+    )
+    assert png_size(c)[0] > 0

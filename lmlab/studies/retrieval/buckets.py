@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -72,81 +71,3 @@ def accuracy_matrix(num_pairs, positions, correct, max_pairs: int, min_pairs: in
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(total > 0, hits / np.maximum(total, 1), np.nan)
     return acc, (x_edges[0], x_edges[-1], 0.0, 1.0)
-
-
-def heatmaps_side_by_side(
-    panels: dict[str, np.ndarray],
-    extent: tuple,
-    path: Path,
-    *,
-    xlabel: str,
-    ylabel: str,
-    cbar_label: str,
-    vmin: float | None = None,
-    vmax: float | None = None,
-) -> Path:
-    """One row of heatmaps sharing axes and colour scale.
-
-    TODO(core): move to lmlab/runs/report.py as `heatmap_grid(panels, path, ...)`.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = max(1, len(panels))
-    fig, axes = plt.subplots(1, k, figsize=(3.4 * k + 1.0, 3.6), squeeze=False, sharey=True)
-    im = None
-    for ax, (name, m) in zip(axes[0], panels.items(), strict=False):
-        im = ax.imshow(
-            np.asarray(m, dtype=float),
-            origin="lower",
-            aspect="auto",
-            extent=extent,
-            vmin=vmin,
-            vmax=vmax,
-            interpolation="nearest",
-        )
-        ax.set(title=name, xlabel=xlabel)
-    axes[0][0].set_ylabel(ylabel)
-    if im is not None:
-        fig.colorbar(im, ax=list(axes[0]), label=cbar_label)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def category_lines(
-    series: dict[str, tuple[list[int], list[float], list[float], list[float]]],
-    labels: list[str],
-    path: Path,
-    *,
-    title: str,
-    xlabel: str,
-    ylabel: str = "accuracy",
-) -> Path:
-    """One line per series over categorical x (bucket names), with (low, high) bands.
-
-    TODO(core): move to lmlab/runs/report.py as an `xticklabels=` option of `line_plot`.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, (xs, ys, lo, hi) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
-        ax.fill_between(xs, lo, hi, alpha=0.15)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from lmlab.paths import atomic_write_text
-from lmlab.runs.report import Report, line_plot, md_table
+from lmlab.runs.report import Report, heatmap_grid, line_plot, md_table
 from lmlab.runs.rundir import RunDir, read_metrics, read_status
 from lmlab.runs.sweep import PlannedRun
 from lmlab.studies.retrieval import buckets as B
@@ -111,7 +111,18 @@ def _bucket_plot(res, group, names, path, title, xlabel):
         return None
     used = sorted({x for xs, *_ in series.values() for x in xs})
     labels = names[: max(used) + 1]
-    return B.category_lines(series, labels, path, title=title, xlabel=xlabel)
+    xy = {scn: (xs, ys) for scn, (xs, ys, _, _) in series.items()}
+    bands = {scn: (lo, hi) for scn, (_, _, lo, hi) in series.items()}
+    return line_plot(
+        xy,
+        path,
+        title=title,
+        xlabel=xlabel,
+        ylabel="accuracy",
+        bands=bands,
+        xticklabels=labels,
+        ylim=(-0.02, 1.02),
+    )
 
 
 def write_comparison(
@@ -203,10 +214,10 @@ def _setup(rep: Report, out: Path, spec: ExperimentSpec, recipe: Path) -> None:
             m, extent, _ = B.count_matrix(df["num_pairs"], df["query_indices"], spec.eval.max_pairs)
             panels[split_dir_name(s, spec)] = m
     if panels:
-        img = B.heatmaps_side_by_side(
+        img = heatmap_grid(
             panels,
-            extent,
             out / "report" / "plots" / "coverage.png",
+            extent=extent,
             xlabel="number of pairs",
             ylabel="query index",
             cbar_label="queries",
@@ -264,10 +275,10 @@ def _results_section(rep: Report, run: RunDir, res: dict, spec: ExperimentSpec) 
             panels[scn] = [[float("nan") if v is None else v for v in row] for row in hm["matrix"]]
             extent = tuple(hm["extent"])
     if panels:
-        img = B.heatmaps_side_by_side(
+        img = heatmap_grid(
             panels,
-            extent,
             run.plots / "accuracy_heatmaps.png",
+            extent=extent,
             xlabel="number of pairs",
             ylabel="key position",
             cbar_label="exact match",

@@ -224,7 +224,7 @@ class Generator:
         size = lambda docs: sum(len(ids) + 1 for ids, _ in docs)  # noqa: E731  (+1: bos)
         is_eval = split is self.spec.eval
         # one shard of training samples, then one of validation samples (the last shard is val)
-        shard_tokens = max(size(main), size(val), 1)
+        shard_tokens = max(size(main), size(val), 1)  # neither part is split further
         tok_meta = {**tok.meta(), "path": str((self.out / "tokenizer").resolve())}
         with ShardWriter(
             self.dir(split),
@@ -236,7 +236,10 @@ class Generator:
             shard_tokens=shard_tokens,
             extra={"retrieval": {"split": split.name, "split_hash": self.split_hash(split)}},
         ) as w:
-            for ids, mask in main + val:
+            for ids, mask in main:
+                w.add_document(ids, mask)
+            w.end_shard()
+            for ids, mask in val:
                 w.add_document(ids, mask)
         prompt_lens = [1 + mask.index(1) for _, mask in encoded]  # bos + up to the answer
         return {
