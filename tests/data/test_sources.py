@@ -3,28 +3,12 @@ each corpus's Hub schema; and the clear failure when a corpus is not there."""
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from lmlab.data import sources
 from lmlab.data.sources import SourceUnavailable
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def write_parquet(path: Path, rows: list[dict]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
+from tests.fixtures.hub_files import write_jsonl, write_parquet
 
 FINEWEB_DOCS = [f"Lesson {i}: water boils at one hundred degrees." for i in range(40)]
 DOLLY_ROWS = [

@@ -3,12 +3,12 @@ public corpora in their Hub schemas, and the shipped sample built into a tokeniz
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmlab.studies.notes.caches import BuildOptions, build_all
 from lmlab.studies.notes.paths import SAMPLE_PRIMER, SAMPLE_ROAM_DIR
 from lmlab.studies.notes.tokenizer import TokenizerInputs, train_notes_tokenizer
+from tests.fixtures.hub_files import write_jsonl, write_parquet
 
 
 def go_offline(monkeypatch, tmp: Path) -> None:
@@ -17,21 +17,6 @@ def go_offline(monkeypatch, tmp: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp / "hf" / "datasets"))
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def write_parquet(path: Path, rows: list[dict]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 FINEWEB_DOCS = [
