@@ -1,0 +1,277 @@
+"""Shared pieces of the benchmarks: matched model shapes, HF peers, timing and tables.
+
+Every number a benchmark reports is a ratio against a peer timed in the same process, with the
+peers interleaved (A B C, B C A, ...) so that load from other processes on this shared machine
+hits every side alike; speeds are medians over rounds, ratios medians of per-round ratios, and
+each sample records how many cores other processes took meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/run_all.py` from a checkout without an install
+    sys.path.insert(0, str(ROOT))
+
+from lmlab.model.config import ModelConfig  # noqa: E402
+from lmlab.model.gpt import GPT  # noqa: E402
+from lmlab.train.mfu import measure_matmul_flops  # noqa: E402
+
+# One shape for every benchmark: ~10-11M parameters, of which 4.2M are the two embeddings.
+VOCAB = 8192
+WIDTH = 256
+DEPTH = 8
+HEADS = 4  # head_dim 64
+SEQ_LEN = 256
+# Llama's MLP rule: 8/3 * width rounded up to a multiple of 256 -> 768 (so the SwiGLU MLP costs
+# about what the default ReLU^2 MLP of hidden 4 * width = 1024 does).
+LLAMA_HIDDEN = 768
+NORM_EPS = 1e-6  # HF Llama's rms_norm_eps, so the Llama-shaped configs compute the same function
+
+
+def lmlab_default_config(seq_len: int = SEQ_LEN) -> ModelConfig:
+    """lmlab's default architecture (ReLU^2 MLP of 4x width, weightless RMSNorm, QK-norm,
+    embedding norm, logit softcap) at the shared width/depth/heads/vocabulary."""
+    return ModelConfig(
+        depth=DEPTH, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB, seq_len=seq_len
+    ).resolved()
+
+
+def lmlab_llama_config(seq_len: int = SEQ_LEN) -> ModelConfig:
+    """lmlab configured as Llama: SwiGLU, RMSNorm gains, no QK-norm/embedding norm/softcap."""
+    return ModelConfig(
+        depth=DEPTH,
+        n_embd=WIDTH,
+        n_head=HEADS,
+        vocab_size=VOCAB,
+        seq_len=seq_len,
+        mlp="swiglu",
+        mlp_hidden=LLAMA_HIDDEN,
+        norm_weight=True,
+        norm_eps=NORM_EPS,
+        qk_norm=False,
+        embed_norm=False,
+        logit_softcap=None,
+    ).resolved()
+
+
+def hf_llama(cfg: ModelConfig, seed: int = 0):
+    """A randomly initialised `transformers.LlamaForCausalLM` with the shapes of `cfg` (no
+    download), SDPA attention, fp32, eval mode, eos disabled so generation runs to full length."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.hdim,
+        max_position_embeddings=cfg.seq_len,
+        rms_norm_eps=cfg.norm_eps or NORM_EPS,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(
+        hf_cfg, attn_implementation="sdpa", dtype=torch.float32
+    )
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    model.generation_config.bos_token_id = None
+    return model.eval()
+
+
+def lmlab_from_hf(cfg: ModelConfig, hf) -> GPT:
+    """An lmlab GPT (Llama-shaped `cfg`) holding exactly the weights of the HF Llama `hf`."""
+    gpt = GPT(cfg)
+    src = hf.state_dict()
+    names = {"wte.weight": "model.embed_tokens.weight", "norm_out.weight": "model.norm.weight"}
+    names["lm_head.weight"] = "lm_head.weight"
+    for i in range(cfg.layers):
+        h, g = f"model.layers.{i}.", f"blocks.{i}."
+        pairs = {
+            "attn.c_q": "self_attn.q_proj",
+            "attn.c_k": "self_attn.k_proj",
+            "attn.c_v": "self_attn.v_proj",
+            "attn.c_proj": "self_attn.o_proj",
+            "mlp.c_gate": "mlp.gate_proj",
+            "mlp.c_fc": "mlp.up_proj",
+            "mlp.c_proj": "mlp.down_proj",
+            "norm_attn": "input_layernorm",
+            "norm_mlp": "post_attention_layernorm",
+        }
+        for ours, theirs in pairs.items():
+            names[f"{g}{ours}.weight"] = f"{h}{theirs}.weight"
+    state = {ours: src[theirs] for ours, theirs in names.items()}
+    missing, unexpected = gpt.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"rope_cos", "rope_sin"}:
+        raise RuntimeError(f"weight mapping incomplete: missing={missing} unexpected={unexpected}")
+    return gpt.eval()
+
+
+def matmul_peak(repeats: int = 3) -> float:
+    """This process's fp32 matmul peak (FLOP/s): the best of a few measurements, since load from
+    other processes can only lower it (a higher peak makes the reported MFU conservative)."""
+    return max(measure_matmul_flops("cpu", "fp32") for _ in range(repeats))
+
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy_s() -> float | None:
+    """CPU-seconds every process on the machine has used since boot (None off Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _HZ
+
+
+class Contention:
+    """Measures how many cores OTHER processes used while a sample ran: the machine's busy time
+    minus this process's own CPU time, over the wall time."""
+
+    def __enter__(self) -> Contention:
+        self.busy, self.own, self.wall = _machine_busy_s(), time.process_time(), clock()
+        self.cores = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, own, wall = _machine_busy_s(), time.process_time(), clock()
+        if busy is not None and self.busy is not None and wall > self.wall:
+            others = (busy - self.busy) - (own - self.own)
+            self.cores = max(0.0, others / (wall - self.wall))
+
+
+class Samples(dict):
+    """name -> measurements, plus `others[name]`: the cores other processes used during each."""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__({n: [] for n in names})
+        self.others: dict[str, list[float]] = {n: [] for n in names}
+
+    def round_contention(self) -> list[float]:
+        """Per round, the most any of its samples saw other processes use."""
+        return [max(v) for v in zip(*self.others.values(), strict=True)]
+
+
+def contended(others_cores: float) -> bool:
+    """Whether other processes left fewer free cores than this process's OpenMP threads need
+    (with a quarter-core margin). Then every parallel region waits for a descheduled thread and
+    timings turn erratic, in proportion to how many regions a peer runs, not to its work. A single
+    thread has no such barrier: load only slows it, evenly for interleaved peers."""
+    threads = torch.get_num_threads()
+    return threads > 1 and (os.cpu_count() or 1) - others_cores < threads - 0.25
+
+
+def interleaved(
+    runs: dict[str, Callable[[], float]],
+    repeats: int,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    min_repeats: int = 3,
+) -> Samples:
+    """Call each run `warmup` times, then up to `repeats` rounds of every run in turn; each call
+    returns one measurement. The order rotates every round (A B C, B C A, C A B, ...) so neither
+    peer always runs first. With `budget_s`, no new round starts once that many seconds have passed
+    (counting the warm-up) and at least `min_repeats` rounds are done: a loaded machine gives fewer
+    rounds rather than a run that never ends. Each sample also records how many cores other
+    processes used meanwhile."""
+    t0 = clock()
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    names = list(runs)
+    out = Samples(names)
+    for r in range(repeats):
+        if budget_s is not None and r >= min_repeats and clock() - t0 > budget_s:
+            break
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            with Contention() as c:
+                value = runs[name]()
+            out[name].append(value)
+            out.others[name].append(c.cores)
+    return out
+
+
+def paired_ratio(ours: Sequence[float], theirs: Sequence[float]) -> float:
+    """Median over rounds of ours[i] / theirs[i] (throughputs measured side by side in round i):
+    load that changes between rounds cancels out of each ratio."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: Sequence[float]) -> float:
+    """(max - min) / median: how noisy the repeats were."""
+    m = statistics.median(xs)
+    return (max(xs) - min(xs)) / m if m else 0.0
+
+
+def clock() -> float:
+    return time.perf_counter()
+
+
+def machine_info() -> dict:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table; floats get 3 significant-ish digits."""
+
+    def fmt(x: object) -> str:
+        if isinstance(x, float):
+            return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+        return str(x)
+
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
