@@ -21,7 +21,8 @@ NOTES = """\
 
 A small GPT trained on one query per sample sits at chance (answer loss = ln(vocabulary)) for a
 long time before a retrieval circuit forms. The demo's recipe is the best of the trials in
-docs/retrieval.md (same core GPT and loader, batch 32, answer-only loss):
+the README (section "Key-value retrieval", recipe trials; same core GPT and loader, batch 32,
+answer-only loss):
 
 - **several queries per training sample** (`queries_per_sample: 4`; evaluation asks one);
 - **loss on the answers only**, **one sample per row** (`phase: sft`, `data.use_mask`,
