@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from lmlab import __version__
@@ -78,6 +77,23 @@ def _mount_studies() -> None:
 _mount()
 
 
+def _click_exit(e: BaseException) -> int | None:
+    """Exit code for click's own exceptions, showing its usage message; None for anything else.
+
+    Typer may vendor its own click, so they are recognised by shape, not by class.
+    """
+    name = type(e).__name__
+    if name == "Abort":
+        print("aborted", file=sys.stderr)
+        return 130
+    if hasattr(e, "exit_code") and hasattr(e, "show"):  # usage errors
+        e.show()
+        return e.exit_code
+    if hasattr(e, "exit_code") and name == "Exit":
+        return e.exit_code
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and non-zero exits; tracebacks only with LMLAB_DEBUG=1."""
     debug = bool(os.environ.get("LMLAB_DEBUG"))
@@ -85,14 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = command.main(args=argv, prog_name="lmlab", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -101,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # a bug, not bad input: still one line unless debugging
+    except Exception as e:  # click's usage errors, else a bug: still one line unless debugging
+        code = _click_exit(e)
+        if code is not None:
+            return code
         if debug:
             raise
         print(

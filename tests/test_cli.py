@@ -180,3 +180,11 @@ def test_chat_shrinks_reply_cap_to_fit_a_long_system_prompt(tmp_path):
     answer(engine, tok, msgs, cfg)
     ((prompt_len, cap),) = calls
     assert prompt_len + cap == 48 and MIN_REPLY <= cap < 40
+
+
+def test_usage_errors_exit_2_with_clicks_message(lmlab_cli):
+    proc = lmlab_cli("tokenizer", "train", "--input-glob", "*.md", "--out", "t")
+    assert proc.returncode == 2 and "Missing option '--vocab-size'" in proc.stderr
+    proc = lmlab_cli("train", "--bogus")
+    assert proc.returncode == 2 and "No such option: --bogus" in proc.stderr
+    assert "Traceback" not in proc.stderr and "LMLAB_DEBUG" not in proc.stderr
