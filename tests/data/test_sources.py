@@ -8,7 +8,7 @@ import pytest
 
 from lmlab.data import sources
 from lmlab.data.sources import SourceUnavailable
-from tests.fixtures.hub_files import write_jsonl, write_parquet
+from tests.fixtures.hub_files import oasst_rows, wikitext_rows, write_jsonl, write_parquet
 
 FINEWEB_DOCS = [f"Lesson {i}: water boils at one hundred degrees." for i in range(40)]
 DOLLY_ROWS = [
@@ -20,52 +20,6 @@ DOLLY_ROWS = [
     }
     for i in range(4)
 ]
-
-
-def wikitext_rows(n_articles: int, tag: str) -> list[dict]:
-    """The Hub's layout: one row per line, " = Title = " starts an article."""
-    rows = [{"text": ""}]
-    for a in range(n_articles):
-        rows += [
-            {"text": f" = {tag} article {a} = \n"},
-            {"text": "\n"},
-            {"text": f" The {tag} article {a} is about rivers . \n"},
-            {"text": " = = History = = \n"},
-            {"text": f" It was written in {1900 + a} . \n"},
-        ]
-    return rows
-
-
-def oasst_rows(prefix: str) -> list[dict]:
-    """One tree (a prompt, two ranked answers, a follow-up on the first) plus a deleted reply, a
-    reply that failed review and a German tree."""
-    rows = []
-
-    def msg(mid, parent, role, text, rank=None, lang="en", deleted=False, review=True):
-        rows.append(
-            {
-                "message_id": mid,
-                "parent_id": parent,
-                "text": text,
-                "role": role,
-                "lang": lang,
-                "rank": rank,
-                "deleted": deleted,
-                "review_result": review,
-            }
-        )
-
-    r = f"{prefix}0"
-    msg(f"{r}-q", None, "prompter", f"Question {r}?")
-    msg(f"{r}-a2", f"{r}-q", "assistant", f"Other answer {r}.", rank=1)
-    msg(f"{r}-a1", f"{r}-q", "assistant", f"Best answer {r}.", rank=0)
-    msg(f"{r}-f", f"{r}-a1", "prompter", f"Follow-up {r}?")
-    msg(f"{r}-fa", f"{r}-f", "assistant", f"Follow-up answer {r}.", rank=0)
-    msg(f"{r}-x", f"{r}-q", "assistant", "deleted answer", rank=2, deleted=True)
-    msg(f"{r}-bad", f"{r}-q", "assistant", "rejected answer", rank=3, review=False)
-    msg("de-q", None, "prompter", "Wie geht es?", lang="de")
-    msg("de-a", "de-q", "assistant", "Gut.", lang="de", rank=0)
-    return rows
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +80,7 @@ def test_dolly_rows_are_user_assistant_exchanges(tmp_path):
 
 
 def test_oasst1_trees_become_threads(tmp_path):
-    path = write_parquet(tmp_path / "oasst" / "train.parquet", oasst_rows("t"))
+    path = write_parquet(tmp_path / "oasst" / "train.parquet", oasst_rows(1, "t"))
     threads = list(sources.oasst1_threads("train", path.parent))
     assert [[m["content"] for m in t] for t in threads] == [
         ["Question t0?", "Best answer t0.", "Follow-up t0?", "Follow-up answer t0."],

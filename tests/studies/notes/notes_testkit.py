@@ -8,7 +8,7 @@ from pathlib import Path
 from lmlab.studies.notes.caches import BuildOptions, build_all
 from lmlab.studies.notes.paths import SAMPLE_PRIMER, SAMPLE_ROAM_DIR
 from lmlab.studies.notes.tokenizer import TokenizerInputs, train_notes_tokenizer
-from tests.fixtures.hub_files import write_jsonl, write_parquet
+from tests.fixtures.hub_files import oasst_rows, wikitext_rows, write_jsonl, write_parquet
 
 
 def go_offline(monkeypatch, tmp: Path) -> None:
@@ -26,19 +26,6 @@ FINEWEB_DOCS = [
 ]
 
 
-def wikitext_rows(n_articles: int, tag: str) -> list[dict]:
-    rows = [{"text": ""}]
-    for a in range(n_articles):
-        rows += [
-            {"text": f" = {tag} article {a} = \n"},
-            {"text": "\n"},
-            {"text": f" The {tag} article {a} is about rivers and bridges . \n"},
-            {"text": " = = History = = \n"},
-            {"text": f" It was written in {1900 + a} . \n"},
-        ]
-    return rows
-
-
 DOLLY_ROWS = [
     {
         "instruction": f"Name a colour number {i}.",
@@ -48,40 +35,6 @@ DOLLY_ROWS = [
     }
     for i in range(60)
 ]
-
-
-def oasst_rows(n_trees: int, prefix: str) -> list[dict]:
-    """Trees of: a prompt, two ranked answers, a follow-up to the first, its answer; plus a
-    deleted reply, a German tree and a reply that failed review (all left out)."""
-    rows = []
-
-    def msg(mid, parent, role, text, tree, rank=None, lang="en", deleted=False, review=True):
-        rows.append(
-            {
-                "message_id": mid,
-                "parent_id": parent,
-                "text": text,
-                "role": role,
-                "lang": lang,
-                "rank": rank,
-                "deleted": deleted,
-                "review_result": review,
-                "message_tree_id": tree,
-            }
-        )
-
-    for t in range(n_trees):
-        r = f"{prefix}{t}"
-        msg(f"{r}-q", None, "prompter", f"Question {r}?", r)
-        msg(f"{r}-a1", f"{r}-q", "assistant", f"Best answer {r}.", r, rank=0)
-        msg(f"{r}-a2", f"{r}-q", "assistant", f"Other answer {r}.", r, rank=1)
-        msg(f"{r}-f", f"{r}-a1", "prompter", f"Follow-up {r}?", r)
-        msg(f"{r}-fa", f"{r}-f", "assistant", f"Follow-up answer {r}.", r, rank=0)
-        msg(f"{r}-x", f"{r}-q", "assistant", "deleted answer", r, rank=2, deleted=True)
-        msg(f"{r}-bad", f"{r}-q", "assistant", "rejected answer", r, rank=3, review=False)
-    msg(f"{prefix}de-q", None, "prompter", "Wie geht es?", f"{prefix}de", lang="de")
-    msg(f"{prefix}de-a", f"{prefix}de-q", "assistant", "Gut.", f"{prefix}de", lang="de", rank=0)
-    return rows
 
 
 def write_public_corpora(root: Path) -> dict[str, Path]:
