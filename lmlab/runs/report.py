@@ -128,6 +128,20 @@ def bar_plot(
     return _save(fig, path)
 
 
+def _imshow(ax, matrix, extent, vmin, vmax):
+    import numpy as np
+
+    return ax.imshow(
+        np.asarray(matrix, dtype=float),
+        origin="lower",
+        aspect="auto",
+        extent=extent,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+    )
+
+
 def heatmap(
     matrix: Sequence[Sequence[float]],
     path: Path,
@@ -141,19 +155,9 @@ def heatmap(
     cbar_label: str = "",
 ) -> Path:
     """A heatmap with row 0 at the bottom; `extent` = (x0, x1, y0, y1) in data units."""
-    import numpy as np
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    im = ax.imshow(
-        np.asarray(matrix, dtype=float),
-        origin="lower",
-        aspect="auto",
-        extent=extent,
-        vmin=vmin,
-        vmax=vmax,
-        interpolation="nearest",
-    )
+    im = _imshow(ax, matrix, extent, vmin, vmax)
     fig.colorbar(im, ax=ax, label=cbar_label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return _save(fig, path)
@@ -171,22 +175,12 @@ def heatmap_grid(
     cbar_label: str = "",
 ) -> Path:
     """One row of heatmaps sharing axes and one colour scale, so panels compare by eye."""
-    import numpy as np
-
     plt = _plt()
     k = max(1, len(panels))
     fig, axes = plt.subplots(1, k, figsize=(3.4 * k + 1.0, 3.6), squeeze=False, sharey=True)
     im = None
     for ax, (name, m) in zip(axes[0], panels.items(), strict=False):
-        im = ax.imshow(
-            np.asarray(m, dtype=float),
-            origin="lower",
-            aspect="auto",
-            extent=extent,
-            vmin=vmin,
-            vmax=vmax,
-            interpolation="nearest",
-        )
+        im = _imshow(ax, m, extent, vmin, vmax)
         ax.set(title=name, xlabel=xlabel)
     axes[0][0].set_ylabel(ylabel)
     if im is not None:
