@@ -209,36 +209,17 @@ def wikitext_job(opts: BuildOptions, tok: Tokenizer) -> Job:
     return job
 
 
-def dolly_job(opts: BuildOptions, tok: Tokenizer) -> Job:
-    key = {
-        "corpus": _where("dolly15k", opts.dolly_path),
-        "inputs": stat_hash(opts.dolly_path),
-        "train_tokens": opts.sft_train_tokens,
-        "heldout_frac": opts.heldout_frac,
-        "sft_context": opts.sft_context,
-        "seed": opts.seed,
-    }
-    job = Job("sft", "dolly15k", key, lambda: {})
-
-    def first_message(conv):
-        return conv[0]["content"] + "\0" + conv[-1]["content"]
+def _sft_job(name: str, key: dict, opts: BuildOptions, tok: Tokenizer, splits) -> Job:
+    """An SFT cache job: `splits()` gives (train, val) conversations, rendered here."""
+    job = Job("sft", name, key, lambda: {})
 
     def produce():
-        convs = {
-            s: _heldout(
-                sources.dolly_conversations(opts.dolly_path),
-                first_message,
-                opts.heldout_frac,
-                opts.seed,
-                s == "val",
-            )
-            for s in ("train", "val")
-        }
+        train, val = splits()
         return {
             "train": _conversations(
-                job, "train", tok, convs["train"], opts.sft_context, opts.sft_train_tokens
+                job, "train", tok, train, opts.sft_context, opts.sft_train_tokens
             ),
-            "val": _conversations(job, "val", tok, convs["val"], opts.sft_context),
+            "val": _conversations(job, "val", tok, val, opts.sft_context),
         }
 
     job.produce = produce
@@ -246,19 +227,39 @@ def dolly_job(opts: BuildOptions, tok: Tokenizer) -> Job:
     return job
 
 
-def oasst_job(opts: BuildOptions, tok: Tokenizer) -> Job:
-    key = {
-        "corpus": _where("oasst1", opts.oasst_path),
-        "inputs": stat_hash(opts.oasst_path),
-        "lang": opts.oasst_lang,
+def _sft_key(corpus: str, path, opts: BuildOptions, **extra) -> dict:
+    return {
+        "corpus": _where(corpus, path),
+        "inputs": stat_hash(path),
+        **extra,
         "train_tokens": opts.sft_train_tokens,
         "heldout_frac": opts.heldout_frac,
         "sft_context": opts.sft_context,
         "seed": opts.seed,
     }
-    job = Job("sft", "oasst1", key, lambda: {})
 
-    def produce():
+
+def dolly_job(opts: BuildOptions, tok: Tokenizer) -> Job:
+    def first_message(conv):
+        return conv[0]["content"] + "\0" + conv[-1]["content"]
+
+    def splits():
+        return tuple(
+            _heldout(
+                sources.dolly_conversations(opts.dolly_path),
+                first_message,
+                opts.heldout_frac,
+                opts.seed,
+                held_out,
+            )
+            for held_out in (False, True)
+        )
+
+    return _sft_job("dolly15k", _sft_key("dolly15k", opts.dolly_path, opts), opts, tok, splits)
+
+
+def oasst_job(opts: BuildOptions, tok: Tokenizer) -> Job:
+    def splits():
         path, lang = opts.oasst_path, opts.oasst_lang
         val = list(sources.oasst1_threads("validation", path, lang))
         train: Iterable[list[dict]] = sources.oasst1_threads("train", path, lang)
@@ -270,16 +271,10 @@ def oasst_job(opts: BuildOptions, tok: Tokenizer) -> Job:
             all_threads = list(train)
             train = list(_heldout(all_threads, first, opts.heldout_frac, opts.seed, False))
             val = list(_heldout(all_threads, first, opts.heldout_frac, opts.seed, True))
-        return {
-            "train": _conversations(
-                job, "train", tok, train, opts.sft_context, opts.sft_train_tokens
-            ),
-            "val": _conversations(job, "val", tok, val, opts.sft_context),
-        }
+        return train, val
 
-    job.produce = produce
-    job.totals = {"train": opts.sft_train_tokens}
-    return job
+    key = _sft_key("oasst1", opts.oasst_path, opts, lang=opts.oasst_lang)
+    return _sft_job("oasst1", key, opts, tok, splits)
 
 
 def make_jobs(opts: BuildOptions, tok: Tokenizer) -> list[Job]:
