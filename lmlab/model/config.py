@@ -10,6 +10,8 @@ Derived sizes (nanochat rule, aspect ratio 64):
 
 A Llama/Qwen-like variant is a config: mlp="swiglu", norm_weight=True, qk_norm=False (Llama) or
 True (Qwen3), embed_norm=False, logit_softcap=None, qkv_bias=True (Qwen2), rope_theta=5e5.
+`short_conv=K` adds a causal depthwise convolution over the last K positions to each attention
+input (Canon layers; the short convolutions of H3, Mamba and Primer): see gpt.ShortConv.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class ModelConfig(BaseModel):
     embed_norm: bool = Field(True, description="RMSNorm right after the token embedding.")
     qk_norm: bool = True
     qkv_bias: bool = False
+    short_conv: int = Field(
+        0,
+        ge=0,
+        description="Kernel of a causal depthwise convolution on each attention input (0: off).",
+    )
     tie_embeddings: bool = False
     logit_softcap: float | None = Field(15.0, ge=0, description="cap*tanh(x/cap); None or 0: off.")
     rope_theta: float = Field(10000.0, gt=0)
@@ -123,7 +130,7 @@ class ModelConfig(BaseModel):
         norms = 0
         if self.norm_weight:
             norms = 2 * d + (2 * hd if self.qk_norm else 0)
-        per_layer = attn + mlp + norms
+        per_layer = attn + mlp + norms + self.short_conv * d
         total = self.layers * per_layer + v * d
         if not self.tie_embeddings:
             total += v * d

@@ -1,7 +1,7 @@
 """A GPT in the style of nanochat; reads top to bottom.
 
-token embedding -> [RMSNorm] -> blocks of (RMSNorm -> attention, RMSNorm -> MLP) -> RMSNorm
--> lm_head -> softcap. Attention: rotary embeddings, QK-norm, grouped-query heads, SDPA.
+token embedding -> [RMSNorm] -> blocks of (RMSNorm -> [short conv] -> attention, RMSNorm -> MLP)
+-> RMSNorm -> lm_head -> softcap. Attention: rotary embeddings, QK-norm, grouped-query heads, SDPA.
 The residual branches' output projections start at zero, so a fresh model is the identity on the
 residual stream and its loss starts at ln(vocab_size).
 
@@ -62,6 +62,33 @@ def attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
 
 
+class ShortConv(nn.Module):
+    """Causal depthwise convolution added to its input: y_t = x_t + sum_j w_j * x_{t-j}, j < K.
+
+    Each channel mixes the last K positions with its own weights (Canon layers, Allen-Zhu 2025;
+    the short convolutions of H3, Mamba and Primer). Attention then sees the previous tokens'
+    content at every position from the start; plain attention must first grow a previous-token
+    head for that, and tasks that need it on both sides of a match (the retrieval study's
+    "Q <key> / A" answer position) sit on a long plateau until it forms. With a KV cache the last
+    K-1 inputs of each row are kept as state (`KVCache.conv_window`), independent of what a
+    compression policy keeps.
+    """
+
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(kernel, dim))
+
+    def forward(self, x: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, d]; window [B, K-1+T, d]: the K-1 inputs before x, then x (None: zeros)."""
+        K, T = self.weight.shape[0], x.shape[1]
+        if window is None:
+            window = F.pad(x, (0, 0, K - 1, 0))
+        out = x
+        for j in range(K):  # tap j looks j tokens back
+            out = out + self.weight[j] * window[:, K - 1 - j : K - 1 - j + T]
+        return out
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -74,9 +101,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(self.n_head * hd, d, bias=False)
         self.q_norm = RMSNorm(hd, cfg.norm_weight, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_weight, cfg.norm_eps) if cfg.qk_norm else None
+        self.short_conv = ShortConv(d, cfg.short_conv) if cfg.short_conv else None
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
+        if self.short_conv is not None:
+            K = self.short_conv.weight.shape[0]
+            window = None if kv_cache is None else kv_cache.conv_window(self.layer_idx, x, K)
+            x = self.short_conv(x, window)
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -158,6 +190,9 @@ class GPT(nn.Module):
                         nn.init.zeros_(lin.bias)
             nn.init.zeros_(a.c_proj.weight)
             nn.init.zeros_(m.c_proj.weight)
+            if a.short_conv is not None:  # PyTorch's Conv1d default, as Canon layers and Mamba
+                k = a.short_conv.weight.shape[0]
+                nn.init.uniform_(a.short_conv.weight, -(k**-0.5), k**-0.5)
         for mod in self.modules():
             if isinstance(mod, RMSNorm) and mod.weight is not None:
                 nn.init.ones_(mod.weight)
@@ -225,15 +260,16 @@ class GPT(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Disjoint groups covering every parameter once, for AdamW/Muon splitting:
         embedding (wte; also the output layer when tied), lm_head, matrix (2D block weights),
-        other (norm gains, biases)."""
+        other (norm gains, biases, short-conv taps: AdamW, never Muon)."""
         groups: dict[str, list[nn.Parameter]] = {
             "embedding": [self.wte.weight],
             "lm_head": [] if self.lm_head is None else [self.lm_head.weight],
             "matrix": [],
             "other": [],
         }
-        for p in self.blocks.parameters():
-            groups["matrix" if p.ndim == 2 else "other"].append(p)
+        for name, p in self.blocks.named_parameters():
+            matrix = p.ndim == 2 and "short_conv" not in name
+            groups["matrix" if matrix else "other"].append(p)
         for mod in (self.norm_embed, self.norm_out):
             if mod is not None:
                 groups["other"].extend(mod.parameters())

@@ -15,6 +15,9 @@ always attend to itself, which keeps padded queries finite (they are never read)
 head (in their original order) to the front of a new, smaller cache and marks the rest invalid.
 Every policy goes through the same gather, so a policy that keeps everything (budget 1.0) leaves a
 cache identical to `full`. `retained_lengths()` reports [row][layer] valid slot counts.
+
+A model with short convolutions also keeps, per layer, the last K-1 convolution inputs of each row
+(`conv_window`): recurrent state that compression does not touch.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class KVCache:
         self.v: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         self.queries: torch.Tensor | None = None  # [n_layer, B, n_head, W, head_dim]
+        self.conv_state: dict[int, torch.Tensor] = {}  # layer -> [B, K-1, d]
 
     # ---- what the model asks before and after a forward -----------------------------------------
     def max_position(self, T: int) -> int:
@@ -113,6 +117,21 @@ class KVCache:
         itself = key_pos[None, :] == query_pos[:, None]
         mask = (self.valid[layer, :, None, :end] & causal) | itself
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask[:, None]
+
+    def conv_window(self, layer: int, x: torch.Tensor, kernel: int) -> torch.Tensor:
+        """A chunk's convolution input x [B, T, d] -> [B, kernel-1+T, d]: the row's previous
+        kernel-1 inputs (zeros before its first token; padding slots count as zeros), then x.
+        Remembers the last kernel-1 for the next chunk."""
+        B, T, _ = x.shape
+        if self.pos == 0 and any(self.left_pad):
+            pad = torch.tensor(self.left_pad, device=x.device)
+            x = x * (torch.arange(T, device=x.device)[None, :] >= pad[:, None])[..., None]
+        past = self.conv_state.get(layer)
+        if past is None:
+            past = x.new_zeros(B, kernel - 1, x.shape[2])
+        window = torch.cat([past, x], dim=1)
+        self.conv_state[layer] = window[:, window.shape[1] - (kernel - 1) :]
+        return window
 
     def advance(self, T: int) -> None:
         self.seen = [s + T - p for s, p in zip(self.seen, self.left_pad, strict=True)]
@@ -187,6 +206,8 @@ class KVCache:
             self.valid = self.valid[:, idx]
             if self.queries is not None:
                 self.queries = self.queries[:, idx]
+        for layer, state in self.conv_state.items():
+            self.conv_state[layer] = state[torch.tensor(rows, device=state.device)]
         self.seen = [self.seen[r] for r in rows]
         self.left_pad = [self.left_pad[r] for r in rows]
         self.batch_size = len(rows)

@@ -21,6 +21,22 @@ def test_batched_equals_unbatched_greedy(engine, policy, budget):
     assert [g.prompt_tokens for g in together] == [5, 23, 11]
 
 
+@pytest.mark.parametrize("policy, budget", [("full", 1.0), ("snapkv", 0.5)])
+def test_short_conv_model_batched_equals_unbatched_with_rows_finishing(policy, budget):
+    engine = Engine(tiny_model(short_conv=4))
+    batch = prompts(5, 23, 11, 2)
+    free = engine.generate(batch, GenerationConfig(max_new_tokens=12))
+    stop = free[0].tokens[4]  # row 0 ends early, so the batch drops rows (and their conv state)
+    cfg = GenerationConfig(
+        max_new_tokens=12, stop_tokens=(stop,), kv_policy=policy, kv_budget=budget, kv_window=4
+    )
+    together = engine.generate(batch, cfg)
+    alone = [engine.generate([p], cfg)[0] for p in batch]
+    assert [g.tokens for g in together] == [g.tokens for g in alone]
+    assert together[0].finish_reason == "stop" and len(together[0].tokens) <= 4
+    assert [g.kv_retained for g in together] == [g.kv_retained for g in alone]
+
+
 def test_length_finish_and_timings(engine):
     (result,) = engine.generate(prompts(7), GenerationConfig(max_new_tokens=9))
     assert len(result.tokens) == 9 and result.finish_reason == "length"

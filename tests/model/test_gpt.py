@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from lmlab.errors import LmlabError
 from lmlab.model import GPT, KVCache, ModelConfig
+from lmlab.model.gpt import ShortConv
 
 V = 64
 
@@ -110,6 +111,7 @@ def test_depth_dial_and_resolved():
         {"mlp": "swiglu", "mlp_hidden": 40},
         {"tie_embeddings": True, "norm_weight": True},
         {"qkv_bias": True, "head_dim": 16, "embed_norm": False},
+        {"short_conv": 4},
     ],
 )
 def test_param_count_and_groups(over):
@@ -120,7 +122,11 @@ def test_param_count_and_groups(over):
     assert set(groups) == {"embedding", "lm_head", "matrix", "other"}
     grouped = [id(p) for ps in groups.values() for p in ps]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
-    assert all(p.ndim == 2 for p in groups["matrix"]) and all(p.ndim == 1 for p in groups["other"])
+    assert all(p.ndim == 2 for p in groups["matrix"])
+    convs = [b.attn.short_conv.weight for b in model.blocks if b.attn.short_conv is not None]
+    assert all(p.ndim == 1 for p in groups["other"] if all(p is not c for c in convs))
+    assert all(any(p is c for p in groups["other"]) for c in convs)  # AdamW, never Muon
+    assert len(convs) == (cfg.layers if cfg.short_conv else 0)
 
 
 def test_flops_per_token_formula():
@@ -130,8 +136,9 @@ def test_flops_per_token_formula():
     assert GPT(cfg).flops_per_token() == cfg.flops_per_token(64)
 
 
-def test_incremental_decode_matches_full_forward():
-    model = scrambled(GPT(tiny_cfg()))
+@pytest.mark.parametrize("over", [{}, {"short_conv": 3}])
+def test_incremental_decode_matches_full_forward(over):
+    model = scrambled(GPT(tiny_cfg(**over)))
     ids = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids)
@@ -141,8 +148,9 @@ def test_incremental_decode_matches_full_forward():
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-4)
 
 
-def test_left_padded_rows_match_unpadded_forward():
-    model = scrambled(GPT(tiny_cfg()))
+@pytest.mark.parametrize("over", [{}, {"short_conv": 3}])
+def test_left_padded_rows_match_unpadded_forward(over):
+    model = scrambled(GPT(tiny_cfg(**over)))
     gen = torch.Generator().manual_seed(2)
     rows = [torch.randint(0, V, (n,), generator=gen) for n in (9, 4)]
     padded = torch.stack([torch.cat([torch.zeros(9 - len(r), dtype=torch.long), r]) for r in rows])
@@ -155,6 +163,26 @@ def test_left_padded_rows_match_unpadded_forward():
             assert torch.allclose(batched[b, -len(row) :], alone[0, :-1], atol=1e-4)
             assert torch.allclose(step[b, 0], alone[0, -1], atol=1e-4)
     assert cache.seen == [10, 5]
+
+
+def test_short_conv_adds_the_previous_k_inputs_and_is_causal():
+    conv = ShortConv(dim=2, kernel=3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 10.0]]))
+    x = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]])
+    y = conv(x)[0]
+    # channel 0 adds the token one back, channel 1 ten times the token two back
+    assert y[:, 0].tolist() == [1.0, 3.0, 5.0, 7.0]
+    assert y[:, 1].tolist() == [1.0, 2.0, 13.0, 24.0]
+
+    model = scrambled(GPT(tiny_cfg(short_conv=3)))
+    ids = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[0, 6] = (ids[0, 6] + 1) % V
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert torch.equal(a[0, :6], b[0, :6])
+    assert not torch.allclose(a[0, 6:], b[0, 6:])
 
 
 def test_sequence_longer_than_context_is_refused():

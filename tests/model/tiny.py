@@ -7,8 +7,9 @@ from lmlab.model import GPT, ModelConfig
 V = 64
 
 
-def tiny_model(seed: int = 0) -> GPT:
-    cfg = ModelConfig(depth=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=V, seq_len=96)
+def tiny_model(seed: int = 0, **over) -> GPT:
+    base = dict(depth=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=V, seq_len=96)
+    cfg = ModelConfig(**{**base, **over})
     model = GPT(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
