@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import decode  # noqa: E402
 import kv_prefill  # noqa: E402
+import short_conv  # noqa: E402
 import train_throughput  # noqa: E402
 
 GOALS = {
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("train", train_throughput),
         ("decode", decode),
         ("kv_prefill", kv_prefill),
+        ("short_conv", short_conv),
     ):
         print()
         start = time.perf_counter()
