@@ -15,9 +15,11 @@ from __future__ import annotations
 import common  # bench/ is on sys.path: run as a script, or imported by run_all.py
 import torch
 
+from lmlab.config import load_file
 from lmlab.model.config import ModelConfig
 from lmlab.model.engine import Engine, GenerationConfig
 from lmlab.model.gpt import GPT
+from lmlab.studies.retrieval.spec import PROFILE_DIR
 
 KERNEL = 4
 REPEATS = 8
@@ -25,11 +27,10 @@ BUDGET_S = 60.0
 PROMPT, NEW, DECODE_BATCH = 128, 64, 8
 
 
-def demo_config(short_conv: int) -> ModelConfig:
-    return ModelConfig(
-        depth=2, n_embd=128, n_head=1, head_dim=128, mlp_ratio=1.0, seq_len=256,
-        tie_embeddings=True, vocab_size=265, short_conv=short_conv,
-    )  # fmt: skip
+def demo_config() -> ModelConfig:
+    """The retrieval demo recipe's model, read from its profile (vocabulary of the demo's data)."""
+    model = load_file(PROFILE_DIR / "kv-demo.yaml")["model"]
+    return ModelConfig(**model, vocab_size=265)
 
 
 def _train_sample(model: GPT, data: torch.Tensor):
@@ -59,7 +60,7 @@ def main(repeats: int = REPEATS, budget_s: float = BUDGET_S) -> dict:
     bench = common.lmlab_default_config()
     shapes = {
         "bench": (bench, 8),
-        "demo": (demo_config(0), 32),
+        "demo": (demo_config(), 32),
     }
     runs = {}
     for shape, (cfg, batch) in shapes.items():

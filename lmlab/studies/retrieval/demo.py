@@ -26,10 +26,10 @@ prompt format the binding needs the content of an earlier token on both sides of
 value's key one position back, the asked key two positions before `A`), which plain attention must
 first build from previous-token heads; on a 2-core CPU that took longer than any demo budget (the
 README's recipe trials: thousands of steps without leaving the plateau). The demo's recipe
-(`kv-demo`, printed under Setup) adds one architectural option, **`model.short_conv: 4`**: a causal depthwise
-convolution over the last 4 positions before each attention (Canon layers; the short convolutions
-of H3/Mamba/Primer). With it a 2-layer, width-128 model (one head of 128 per layer) gets past the plateau in about
-100 steps. The rest of the recipe:
+(`kv-demo`, printed under Setup) adds one architectural option, **`model.short_conv: 4`**: a
+causal depthwise convolution over the last 4 positions before each attention (Canon layers; the
+short convolutions of H3/Mamba/Primer). With it a 2-layer, width-128 model (one head of 128 per
+layer) gets past the plateau in about 100 steps. The rest of the recipe:
 
 - **eight queries per training sample** (`queries_per_sample: 8`; evaluation asks one), loss on
   the answers only, one sample per row, and fresh samples (20 000 per scenario, nothing repeats);
