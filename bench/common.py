@@ -44,7 +44,7 @@ def lmlab_default_config(seq_len: int = SEQ_LEN) -> ModelConfig:
     embedding norm, logit softcap) at the shared width/depth/heads/vocabulary."""
     return ModelConfig(
         depth=DEPTH, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB, seq_len=seq_len
-    ).resolved()
+    )
 
 
 def lmlab_llama_config(seq_len: int = SEQ_LEN) -> ModelConfig:
@@ -62,7 +62,7 @@ def lmlab_llama_config(seq_len: int = SEQ_LEN) -> ModelConfig:
         qk_norm=False,
         embed_norm=False,
         logit_softcap=None,
-    ).resolved()
+    )
 
 
 def hf_llama(cfg: ModelConfig, seed: int = 0):
@@ -72,12 +72,12 @@ def hf_llama(cfg: ModelConfig, seed: int = 0):
 
     hf_cfg = LlamaConfig(
         vocab_size=cfg.vocab_size,
-        hidden_size=cfg.width,
-        intermediate_size=cfg.hidden,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.hdim,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.mlp_hidden,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim,
         max_position_embeddings=cfg.seq_len,
         rms_norm_eps=cfg.norm_eps or NORM_EPS,
         rope_theta=cfg.rope_theta,
@@ -105,7 +105,7 @@ def lmlab_from_hf(cfg: ModelConfig, hf) -> GPT:
     src = hf.state_dict()
     names = {"wte.weight": "model.embed_tokens.weight", "norm_out.weight": "model.norm.weight"}
     names["lm_head.weight"] = "lm_head.weight"
-    for i in range(cfg.layers):
+    for i in range(cfg.n_layer):
         h, g = f"model.layers.{i}.", f"blocks.{i}."
         pairs = {
             "attn.c_q": "self_attn.q_proj",

@@ -16,7 +16,7 @@ input (Canon layers; the short convolutions of H3, Mamba and Primer): see gpt.Sh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,16 +25,17 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     depth: int = Field(4, ge=1, description="The one dial: layers, width and heads derive from it.")
-    n_layer: int | None = Field(None, ge=1, description="Transformer blocks (None: depth).")
-    n_embd: int | None = Field(None, ge=1, description="Residual width (None: 64 * depth).")
-    n_head: int | None = Field(None, ge=1, description="Query heads (None: max(1, n_embd // 64)).")
-    n_kv_head: int | None = Field(None, ge=1, description="Key/value heads (None: n_head).")
-    head_dim: int | None = Field(None, ge=2, description="Per-head width (None: n_embd // n_head).")
+    # Sizes derived from `depth` when not given; always plain ints after validation.
+    n_layer: int = Field(None, ge=1, description="Transformer blocks (default: depth).")
+    n_embd: int = Field(None, ge=1, description="Residual width (default: 64 * depth).")
+    n_head: int = Field(None, ge=1, description="Query heads (default: max(1, n_embd // 64)).")
+    n_kv_head: int = Field(None, ge=1, description="Key/value heads (default: n_head).")
+    head_dim: int = Field(None, ge=2, description="Per-head width (default: n_embd // n_head).")
     vocab_size: int = Field(50304, ge=1, description="Set by the trainer from the tokenizer.")
     seq_len: int = Field(256, ge=1, description="Maximum context in tokens.")
     mlp: Literal["relu2", "swiglu"] = "relu2"
     mlp_ratio: float = Field(4.0, gt=0)
-    mlp_hidden: int | None = Field(None, ge=1, description="MLP width (None: mlp_ratio * n_embd).")
+    mlp_hidden: int = Field(None, ge=1, description="MLP width (default: mlp_ratio * n_embd).")
     norm: Literal["rmsnorm"] = "rmsnorm"
     norm_weight: bool = Field(False, description="Learnable RMSNorm gains (nanochat: none).")
     norm_eps: float | None = Field(None, gt=0, description="None: torch's default (dtype eps).")
@@ -54,75 +55,66 @@ class ModelConfig(BaseModel):
     lm_head_init_std: float = Field(0.001, ge=0)
     compile: bool = Field(False, description="Callers wrap the model in torch.compile when set.")
 
-    # ---- resolved sizes -------------------------------------------------------------------------
-    @property
-    def layers(self) -> int:
-        return self.n_layer if self.n_layer is not None else self.depth
+    # ---- derived sizes -------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        """Fill every size the input leaves out (or sets to null) from the depth dial."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
 
-    @property
-    def width(self) -> int:
-        return self.n_embd if self.n_embd is not None else 64 * self.depth
+        def given(key: str) -> bool:
+            return data.get(key) is not None
 
-    @property
-    def heads(self) -> int:
-        return self.n_head if self.n_head is not None else max(1, self.width // 64)
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.heads
-
-    @property
-    def hdim(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.width // self.heads
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden if self.mlp_hidden is not None else int(self.mlp_ratio * self.width)
+        depth = data.get("depth", cls.model_fields["depth"].default)
+        if not isinstance(depth, int) or isinstance(depth, bool):
+            return data  # field validation reports the bad depth
+        if not given("n_layer"):
+            data["n_layer"] = depth
+        if not given("n_embd"):
+            data["n_embd"] = 64 * depth
+        width = data["n_embd"]
+        if isinstance(width, int):
+            if not given("n_head"):
+                data["n_head"] = max(1, width // 64)
+            if not given("mlp_hidden"):
+                ratio = data.get("mlp_ratio", cls.model_fields["mlp_ratio"].default)
+                if isinstance(ratio, int | float):
+                    data["mlp_hidden"] = int(ratio * width)
+        heads = data.get("n_head")
+        if isinstance(heads, int) and heads > 0:
+            if not given("n_kv_head"):
+                data["n_kv_head"] = heads
+            if not given("head_dim") and isinstance(width, int):
+                if width % heads:
+                    raise ValueError(
+                        f"n_embd={width} is not divisible by n_head={heads} "
+                        "(set n_head to a divisor of n_embd, or set head_dim explicitly)"
+                    )
+                data["head_dim"] = width // heads
+        return data
 
     @property
     def softcap(self) -> float | None:
         return self.logit_softcap or None
 
-    def resolved(self) -> ModelConfig:
-        """A copy with every derived field written out (what a run directory should record)."""
-        return self.model_copy(
-            update=dict(
-                n_layer=self.layers,
-                n_embd=self.width,
-                n_head=self.heads,
-                n_kv_head=self.kv_heads,
-                head_dim=self.hdim,
-                mlp_hidden=self.hidden,
-            )
-        )
-
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
-        if self.head_dim is None and self.width % self.heads:
+        if self.n_head % self.n_kv_head:
             raise ValueError(
-                f"n_embd={self.width} is not divisible by n_head={self.heads} "
-                "(set n_head to a divisor of n_embd, or set head_dim explicitly)"
-            )
-        if self.heads % self.kv_heads:
-            raise ValueError(
-                f"n_head={self.heads} is not divisible by n_kv_head={self.kv_heads} "
+                f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head} "
                 "(grouped-query attention needs whole groups)"
             )
-        if self.hdim % 2:
-            raise ValueError(f"head_dim={self.hdim} must be even for rotary embeddings")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         return self
 
     # ---- size and cost --------------------------------------------------------------------------
     def num_params(self) -> int:
         """Parameter count, computed from the config (equals GPT(cfg).num_params())."""
-        d, h, kv, hd, f, v = (
-            self.width,
-            self.heads,
-            self.kv_heads,
-            self.hdim,
-            self.hidden,
-            self.vocab_size,
-        )
+        d, h, kv, hd = self.n_embd, self.n_head, self.n_kv_head, self.head_dim
+        f, v = self.mlp_hidden, self.vocab_size
         attn = d * h * hd + 2 * d * kv * hd + h * hd * d
         if self.qkv_bias:
             attn += h * hd + 2 * kv * hd
@@ -131,7 +123,7 @@ class ModelConfig(BaseModel):
         if self.norm_weight:
             norms = 2 * d + (2 * hd if self.qk_norm else 0)
         per_layer = attn + mlp + norms + self.short_conv * d
-        total = self.layers * per_layer + v * d
+        total = self.n_layer * per_layer + v * d
         if not self.tie_embeddings:
             total += v * d
         if self.norm_weight:
@@ -139,11 +131,11 @@ class ModelConfig(BaseModel):
         return total
 
     def num_embedding_params(self) -> int:
-        return self.vocab_size * self.width
+        return self.vocab_size * self.n_embd
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (nanochat estimate_flops): 6 * non-embedding params for the
         matmuls (forward + backward) plus 12 * layers * heads * head_dim * seq_len for attention."""
         t = seq_len if seq_len is not None else self.seq_len
         dense = self.num_params() - self.num_embedding_params()
-        return 6.0 * dense + 12.0 * self.layers * self.heads * self.hdim * t
+        return 6.0 * dense + 12.0 * self.n_layer * self.n_head * self.head_dim * t

@@ -167,7 +167,7 @@ class Engine:
             t0 = self._clock()
             cache = KVCache(
                 B,
-                self.model_cfg.layers,
+                self.model_cfg.n_layer,
                 T + cfg.max_new_tokens,
                 left_pad=pads,
                 record_queries=policy.query_window,

@@ -37,7 +37,7 @@ class RMSNorm(nn.Module):
 
 def rotary_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for positions 0..seq_len-1, shape [seq_len, head_dim / 2]."""
-    inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.hdim, 2, dtype=torch.float32) / cfg.hdim)
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
     freqs = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)
     return freqs.cos(), freqs.sin()
 
@@ -93,8 +93,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_head, self.n_kv_head, self.head_dim = cfg.heads, cfg.kv_heads, cfg.hdim
-        d, hd = cfg.width, cfg.hdim
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        d, hd = cfg.n_embd, cfg.head_dim
         self.c_q = nn.Linear(d, self.n_head * hd, bias=cfg.qkv_bias)
         self.c_k = nn.Linear(d, self.n_kv_head * hd, bias=cfg.qkv_bias)
         self.c_v = nn.Linear(d, self.n_kv_head * hd, bias=cfg.qkv_bias)
@@ -128,9 +128,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.kind = cfg.mlp
-        self.c_fc = nn.Linear(cfg.width, cfg.hidden, bias=False)
-        self.c_gate = nn.Linear(cfg.width, cfg.hidden, bias=False) if cfg.mlp == "swiglu" else None
-        self.c_proj = nn.Linear(cfg.hidden, cfg.width, bias=False)
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
+        self.c_gate = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False) if cfg.mlp == "swiglu" else None
+        self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.c_gate is not None:
@@ -141,9 +141,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.norm_attn = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
+        self.norm_attn = RMSNorm(cfg.n_embd, cfg.norm_weight, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg, layer_idx)
-        self.norm_mlp = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
+        self.norm_mlp = RMSNorm(cfg.n_embd, cfg.norm_weight, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -155,14 +155,14 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.norm_embed = (
-            RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps) if cfg.embed_norm else None
+            RMSNorm(cfg.n_embd, cfg.norm_weight, cfg.norm_eps) if cfg.embed_norm else None
         )
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
-        self.norm_out = RMSNorm(cfg.width, cfg.norm_weight, cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_out = RMSNorm(cfg.n_embd, cfg.norm_weight, cfg.norm_eps)
         self.lm_head = (
-            None if cfg.tie_embeddings else nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+            None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         )
         cos, sin = rotary_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -174,10 +174,10 @@ class GPT(nn.Module):
         """nanochat init: uniform matrices with std init_std, zero output projections, a tiny lm_head.
         Tied embeddings are initialised with std n_embd**-0.5 (they double as the output layer)."""
         cfg = self.cfg
-        std = cfg.init_std if cfg.init_std is not None else cfg.width**-0.5
+        std = cfg.init_std if cfg.init_std is not None else cfg.n_embd**-0.5
         bound = math.sqrt(3.0) * std
         if self.lm_head is None:
-            nn.init.normal_(self.wte.weight, std=cfg.width**-0.5)
+            nn.init.normal_(self.wte.weight, std=cfg.n_embd**-0.5)
         else:
             nn.init.normal_(self.wte.weight, std=cfg.embed_init_std)
             nn.init.normal_(self.lm_head.weight, std=cfg.lm_head_init_std)

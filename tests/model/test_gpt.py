@@ -96,12 +96,15 @@ def test_invalid_config_is_a_validation_error(over, words):
         tiny_cfg(**over)
 
 
-def test_depth_dial_and_resolved():
+def test_depth_dial_resolves_to_plain_ints():
     cfg = ModelConfig(depth=6)
-    assert (cfg.layers, cfg.width, cfg.heads, cfg.kv_heads, cfg.hdim) == (6, 384, 6, 6, 64)
-    resolved = cfg.resolved()
-    assert resolved.n_embd == 384 and resolved.head_dim == 64 and resolved.mlp_hidden == 1536
-    assert ModelConfig.model_validate(resolved.model_dump()) == resolved
+    sizes = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden)
+    assert sizes == (6, 384, 6, 6, 64, 1536)
+    assert all(type(s) is int for s in sizes)
+    assert ModelConfig.model_validate(cfg.model_dump()) == cfg
+    # an explicit size wins over the dial; null means "derive it"
+    over = ModelConfig.model_validate({"depth": 2, "n_embd": 96, "n_head": None})
+    assert (over.n_layer, over.n_embd, over.n_head, over.head_dim) == (2, 96, 1, 96)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +129,7 @@ def test_param_count_and_groups(over):
     convs = [b.attn.short_conv.weight for b in model.blocks if b.attn.short_conv is not None]
     assert all(p.ndim == 1 for p in groups["other"] if all(p is not c for c in convs))
     assert all(any(p is c for p in groups["other"]) for c in convs)  # AdamW, never Muon
-    assert len(convs) == (cfg.layers if cfg.short_conv else 0)
+    assert len(convs) == (cfg.n_layer if cfg.short_conv else 0)
 
 
 def test_flops_per_token_formula():
@@ -142,7 +145,7 @@ def test_incremental_decode_matches_full_forward(over):
     ids = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids)
-        cache = KVCache(1, model.cfg.layers, 20)
+        cache = KVCache(1, model.cfg.n_layer, 20)
         parts = [model(ids[:, :12], kv_cache=cache)]
         parts += [model(ids[:, t : t + 1], kv_cache=cache) for t in range(12, 20)]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-4)
@@ -155,7 +158,7 @@ def test_left_padded_rows_match_unpadded_forward(over):
     rows = [torch.randint(0, V, (n,), generator=gen) for n in (9, 4)]
     padded = torch.stack([torch.cat([torch.zeros(9 - len(r), dtype=torch.long), r]) for r in rows])
     with torch.no_grad():
-        cache = KVCache(2, model.cfg.layers, 12, left_pad=[0, 5])
+        cache = KVCache(2, model.cfg.n_layer, 12, left_pad=[0, 5])
         batched = model(padded, kv_cache=cache)
         step = model(torch.tensor([[7], [8]]), kv_cache=cache)
         for b, (row, nxt) in enumerate(zip(rows, (7, 8), strict=True)):

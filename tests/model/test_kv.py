@@ -48,7 +48,7 @@ def test_retained_length_is_ceil_budget_per_row(policy):
         results = engine.generate(prompts(*lengths), cfg)
         for n, result in zip(lengths, results, strict=True):
             expected = n if policy == "full" else math.ceil(budget * n - 1e-9)
-            assert result.kv_retained == [expected] * model.cfg.layers, (budget, n)
+            assert result.kv_retained == [expected] * model.cfg.n_layer, (budget, n)
 
 
 @pytest.mark.parametrize("policy", KV_POLICIES)
@@ -68,7 +68,7 @@ def test_compression_changes_the_next_logits():
     ids = torch.tensor(prompts(40, seed=4))
     outs = {}
     for budget in (1.0, 0.2):
-        cache = KVCache(1, model.cfg.layers, 41, record_queries=8)
+        cache = KVCache(1, model.cfg.n_layer, 41, record_queries=8)
         with torch.no_grad():
             model(ids, kv_cache=cache)
             cache.compress(make_policy("snapkv", budget, window=8))
@@ -125,18 +125,18 @@ def test_attention_scores_are_distributions():
 
 def test_cache_refuses_second_compression_and_late_compression():
     model = tiny_model()
-    cache = KVCache(1, model.cfg.layers, 12)
+    cache = KVCache(1, model.cfg.n_layer, 12)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3, 4]]), kv_cache=cache)
         cache.compress(make_policy("streamingllm", 0.5))
         with pytest.raises(LmlabError, match="already|once"):
             cache.compress(make_policy("full"))
-        late = KVCache(1, model.cfg.layers, 12)
+        late = KVCache(1, model.cfg.n_layer, 12)
         model(torch.tensor([[1, 2, 3, 4]]), kv_cache=late)
         model(torch.tensor([[5]]), kv_cache=late)
         with pytest.raises(LmlabError, match="right after"):
             late.compress(make_policy("full"))
-        unrecorded = KVCache(1, model.cfg.layers, 12)
+        unrecorded = KVCache(1, model.cfg.n_layer, 12)
         model(torch.tensor([[1, 2, 3, 4]]), kv_cache=unrecorded)
         with pytest.raises(LmlabError, match="needs the last 4 prefill queries"):
             unrecorded.compress(make_policy("snapkv", 0.5))
@@ -144,7 +144,7 @@ def test_cache_refuses_second_compression_and_late_compression():
 
 def test_select_rows_keeps_row_state():
     model = tiny_model()
-    cache = KVCache(3, model.cfg.layers, 12, left_pad=[0, 2, 1])
+    cache = KVCache(3, model.cfg.n_layer, 12, left_pad=[0, 2, 1])
     with torch.no_grad():
         model(torch.tensor(prompts(4, 4, 4)), kv_cache=cache)
     cache.select_rows([2, 0])
