@@ -34,12 +34,27 @@ from lmlab.config import config_hash, dump_yaml
 from lmlab.errors import LmlabError
 from lmlab.paths import atomic_write_text, runs_root
 
-LOWER_IS_BETTER = re.compile(r"(loss|bpb|ppl|perplexity|error|err|time|_s)$")
+# The direction of a metric when nobody names it (a sweep's `mode:`, a recipe's metric modes and
+# `modes=` below override it). Rates first: a count per unit of time (`tokens_per_s`,
+# `samples_per_sec`, `tok/s`) is higher-is-better, although it ends in `_s`.
+# Then a name ending in a loss, error or duration word (`val_loss`, `val_bpb`, `ppl`, `error`,
+# `latency`, `wall_s`, `ttft_ms`, `seconds`, `time`) is lower-is-better. Everything else
+# (`accuracy`, `rewards/accuracies`, `reward`, `recall@10`, `ndcg@10`, `f1`, `mfu`) is
+# higher-is-better.
+RATE = re.compile(r"(per_|/)(s|sec|second|ms|min|minute|hour|h)$")
+LOWER_IS_BETTER = re.compile(
+    r"(loss|bpb|ppl|perplexity|error|err|latency|time|seconds|secs|_s|_ms)$"
+)
 
 
-def metric_mode(name: str) -> str:
-    """'min' for losses and errors, 'max' for accuracies and scores."""
-    return "min" if LOWER_IS_BETTER.search(name) else "max"
+def metric_mode(name: str, modes: dict[str, str] | None = None) -> str:
+    """'min' or 'max' for metric `name`: an explicit entry in `modes` wins, else the rule above."""
+    if modes and modes.get(name):
+        return modes[name]
+    key = name.lower()
+    if RATE.search(key):
+        return "max"
+    return "min" if LOWER_IS_BETTER.search(key) else "max"
 
 
 def slug(name: str) -> str:
@@ -254,7 +269,7 @@ def summarize(rows: list[dict], modes: dict[str, str] | None = None) -> tuple[di
             if k in ("step", "time_s") or not _finite(v):
                 continue
             final[k] = v
-            mode = (modes or {}).get(k) or metric_mode(k)
+            mode = metric_mode(k, modes)
             if k not in best or (v < best[k] if mode == "min" else v > best[k]):
                 best[k] = v
     return final, best

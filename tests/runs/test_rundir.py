@@ -6,7 +6,15 @@ import polars as pl
 import pytest
 
 from lmlab.errors import LmlabError
-from lmlab.runs.rundir import RunDir, find_runs, read_jsonl, read_metrics, run_state
+from lmlab.runs.rundir import (
+    RunDir,
+    find_runs,
+    metric_mode,
+    read_jsonl,
+    read_metrics,
+    run_state,
+    summarize,
+)
 
 
 def test_layout_and_status_written_last(tmp_path):
@@ -25,6 +33,41 @@ def test_layout_and_status_written_last(tmp_path):
     assert {"started", "finished", "wall_s", "git_commit", "lmlab_version", "host"} <= set(status)
     df = pl.read_parquet(run.path / "metrics.parquet")
     assert df["loss"].to_list() == [2.0, 1.0, 1.5]
+
+
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("tokens_per_s", "max"),  # a rate, although it ends in _s
+        ("decode_tokens_per_s", "max"),
+        ("samples_per_sec", "max"),
+        ("tok/s", "max"),
+        ("wall_s", "min"),
+        ("ttft_ms", "min"),
+        ("val_loss", "min"),
+        ("val_bpb", "min"),
+        ("ppl", "min"),
+        ("latency", "min"),
+        ("rewards/accuracies", "max"),
+        ("reward", "max"),
+        ("recall@10", "max"),
+        ("accuracy", "max"),
+    ],
+)
+def test_metric_direction_rule(name, mode):
+    assert metric_mode(name) == mode
+
+
+def test_best_throughput_is_the_fastest_and_explicit_modes_win():
+    rows = [
+        {"step": 1, "tokens_per_s": 100.0, "wall_s": 3.0, "val_loss": 2.0, "kl": 0.1},
+        {"step": 2, "tokens_per_s": 300.0, "wall_s": 1.0, "val_loss": 1.0, "kl": 0.3},
+        {"step": 3, "tokens_per_s": 200.0, "wall_s": 2.0, "val_loss": 1.5, "kl": 0.2},
+    ]
+    _, best = summarize(rows)
+    assert best == {"tokens_per_s": 300.0, "wall_s": 1.0, "val_loss": 1.0, "kl": 0.3}
+    _, best = summarize(rows, {"kl": "min", "tokens_per_s": "min"})
+    assert best["kl"] == 0.1 and best["tokens_per_s"] == 100.0 and best["val_loss"] == 1.0
 
 
 def test_same_config_same_dir_different_config_new_dir(tmp_path):
