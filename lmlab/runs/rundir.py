@@ -7,7 +7,13 @@
       checkpoints/     latest, best, step_N
       status.json      written LAST and atomically: state, final and best metrics, timings
 
-A run without status.json is incomplete (running, or killed); a crash writes state "failed".
+A run without status.json is incomplete (running, or killed); a crash writes state "failed";
+Ctrl-C or SIGTERM writes state "interrupted" (resumable, not failed).
+
+One process writes a run directory: `create` takes an OS lock on `<run>/.lock` (see `lock.py`)
+that the kernel drops when the process dies, so a second writer fails at once with the holder's
+pid and a kill never leaves a stale lock. A finished run keeps its record: a rerun that logs
+nothing new leaves status.json as it was (`was_done`, `previous_status`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -33,6 +41,7 @@ from lmlab import __version__
 from lmlab.config import config_hash, dump_yaml
 from lmlab.errors import LmlabError
 from lmlab.paths import atomic_write_text, runs_root
+from lmlab.runs.lock import LOCK_FILE, DirLock, acquire
 
 # The direction of a metric when nobody names it (a sweep's `mode:`, a recipe's metric modes and
 # `modes=` below override it). Rates first: a count per unit of time (`tokens_per_s`,
@@ -95,6 +104,10 @@ class RunDir:
         self.is_main = is_main
         self._started = time.time()
         self._started_iso = _now()
+        self._lock: DirLock | None = None
+        # the status of a finished run found by `create`; kept on disk until new work is logged
+        self.previous_status: dict | None = None
+        self._reopened = False
 
     # -- layout
     @property
@@ -134,22 +147,54 @@ class RunDir:
         fresh: bool = False,
         is_main: bool = True,
     ) -> RunDir:
-        """Open `run_dir`, or `<root>/<name>-<hash8>`; write config.yaml; drop an old status."""
+        """Lock and open `run_dir`, or `<root>/<name>-<hash8>`; write config.yaml.
+
+        The lock is held until `finish` (or the process ends); another process holding it makes
+        this raise LmlabError naming its pid. An old status is dropped (a rerun is not done until
+        it says so), except a "done" one: that stays, as `previous_status`, until the rerun logs
+        something new (`reopen`), so a rerun with nothing to do keeps the finished run's record.
+        """
         path = Path(run_dir) if run_dir else Path(root or runs_root()) / run_id(name, cfg, exclude)
         run = cls(path, is_main=is_main)
         if is_main:
-            if fresh and path.exists():
-                shutil.rmtree(path)
-            path.mkdir(parents=True, exist_ok=True)
+            run._lock = acquire(path)  # before anything is written: a second writer stops here
+            if fresh:
+                _clear(path)
+            previous = read_status(path)
+            if previous and previous.get("state") == "done":
+                run.previous_status = previous
+            else:
+                run._drop_record()
             atomic_write_text(run.config_path, dump_yaml(cfg))
-            run.status_path.unlink(missing_ok=True)  # a rerun is not done until it says so
-            (path / "metrics.parquet").unlink(missing_ok=True)  # stale until finish() rewrites it
         return run
+
+    @property
+    def was_done(self) -> bool:
+        """True when this directory held a finished run and nothing new has been logged since."""
+        return self.previous_status is not None and not self._reopened
+
+    def reopen(self) -> None:
+        """New work starts on a finished run: its status is no longer true, so drop it (finish
+        writes a new one). `log` and a `truncate_metrics` that drops rows call this."""
+        if self.is_main and self.was_done:
+            self._drop_record()
+            self._reopened = True
+
+    def _drop_record(self) -> None:
+        self.status_path.unlink(missing_ok=True)
+        (self.path / "metrics.parquet").unlink(missing_ok=True)  # stale until finish() rewrites it
+
+    def release(self) -> None:
+        """Release the run-directory lock (finish does; the process ending does too)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- metrics
     def log(self, step: int | None = None, **metrics: Any) -> None:
         if not self.is_main:
             return
+        self.reopen()
         row = {"step": step, **metrics} if step is not None else dict(metrics)
         row.setdefault("time_s", round(time.time() - self._started, 3))
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -162,7 +207,11 @@ class RunDir:
         """On resume, forget rows logged after the checkpoint so the log has no duplicates."""
         if not self.is_main or not self.metrics_path.exists():
             return
-        rows = [r for r in read_jsonl(self.metrics_path) if (r.get("step") or 0) <= after_step]
+        all_rows = read_jsonl(self.metrics_path)
+        rows = [r for r in all_rows if (r.get("step") or 0) <= after_step]
+        if len(rows) == len(all_rows):
+            return
+        self.reopen()
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # -- the end
@@ -174,9 +223,22 @@ class RunDir:
         extra: dict | None = None,
         modes: dict[str, str] | None = None,
     ) -> dict:
-        """Write metrics.parquet, then status.json last."""
+        """Write metrics.parquet, then status.json last; release the lock.
+
+        A finished run that logged nothing new in this process (`was_done`) keeps its status
+        as it was, whatever `state` says: nothing it records has changed."""
         if not self.is_main:
             return {}
+        try:
+            if self.was_done:
+                return dict(self.previous_status or {})
+            return self._write_status(state, error, extra, modes)
+        finally:
+            self.release()
+
+    def _write_status(
+        self, state: str, error: str | None, extra: dict | None, modes: dict[str, str] | None
+    ) -> dict:
         # metrics.jsonl is the log of record while a run goes; parquet is derived from it here
         rows = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
         if rows:
@@ -203,17 +265,55 @@ class RunDir:
 
     @contextmanager
     def running(self, modes: dict[str, str] | None = None):
-        """Mark the run failed (with the error) if the body raises; done otherwise."""
+        """Mark the run "interrupted" on Ctrl-C or SIGTERM, "failed" (with the error) if the body
+        raises, "done" otherwise. A finished run that logged nothing new keeps its status."""
         extra: dict = {}
         try:
-            yield extra
+            with _sigterm_as_interrupt():
+                yield extra
+        except KeyboardInterrupt as e:
+            self.finish("interrupted", error=f"interrupted {e}".strip(), extra=extra, modes=modes)
+            raise
         except BaseException as e:
-            msg = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
             if os.environ.get("LMLAB_DEBUG"):
                 extra["traceback"] = traceback.format_exc()
-            self.finish("failed", error=msg, extra=extra, modes=modes)
+            self.finish("failed", error=f"{type(e).__name__}: {e}", extra=extra, modes=modes)
             raise
         self.finish("done", extra=extra, modes=modes)
+
+
+def _clear(path: Path) -> None:
+    """Empty a run directory for a fresh start, keeping the lock file this process holds."""
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a scheduler's preemption, a sweep stopping) ends the run like Ctrl-C, so
+    its status says "interrupted". Only where SIGTERM still has its default action."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("(SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------- reading
@@ -286,7 +386,7 @@ def read_status(path: str | Path) -> dict | None:
 
 
 def run_state(path: str | Path) -> str:
-    """done / failed / incomplete (config but no status: running or killed)."""
+    """done / failed / interrupted / incomplete (config but no status: running or killed)."""
     status = read_status(path)
     return status.get("state", "incomplete") if status else "incomplete"
 

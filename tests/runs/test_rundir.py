@@ -103,11 +103,48 @@ def test_killed_run_leaves_no_done_marker(tmp_path):
     ]
 
 
-def test_rerun_clears_old_status(tmp_path):
+def test_rerun_clears_a_failed_status(tmp_path):
     run = RunDir.create({"x": 1}, name="r", root=tmp_path)
-    run.finish("done")
+    run.finish("failed", error="boom")
     RunDir.create({"x": 1}, name="r", root=tmp_path)
     assert run_state(run.path) == "incomplete"
+
+
+def test_noop_rerun_keeps_the_finished_record(tmp_path):
+    run = RunDir.create({"x": 1}, name="r", root=tmp_path)
+    with run.running():
+        run.log(1, loss=2.0)
+    first = json.loads(run.status_path.read_text())
+    again = RunDir.create({"x": 1}, name="r", root=tmp_path)
+    assert again.was_done and again.previous_status == first
+    assert run_state(again.path) == "done"  # still done while the rerun decides
+    with pytest.raises(RuntimeError), again.running():  # even a crash with nothing new logged
+        raise RuntimeError("could not resume")
+    assert json.loads(run.status_path.read_text()) == first
+    with RunDir.create({"x": 1}, name="r", root=tmp_path).running():
+        pass
+    assert json.loads(run.status_path.read_text()) == first  # started/finished/wall_s/argv kept
+
+
+def test_rerun_that_logs_reopens_the_run(tmp_path):
+    run = RunDir.create({"x": 1}, name="r", root=tmp_path)
+    with run.running():
+        run.log(1, loss=2.0)
+    again = RunDir.create({"x": 1}, name="r", root=tmp_path)
+    again.log(2, loss=1.0)
+    assert not again.was_done and run_state(again.path) == "incomplete"
+    assert not (again.path / "metrics.parquet").exists()
+    again.finish("done")
+    assert json.loads(again.status_path.read_text())["final"] == {"loss": 1.0}
+
+
+def test_interrupt_records_interrupted_not_failed(tmp_path):
+    run = RunDir.create({"x": 1}, name="i", root=tmp_path)
+    with pytest.raises(KeyboardInterrupt), run.running():
+        run.log(1, loss=1.0)
+        raise KeyboardInterrupt
+    status = json.loads(run.status_path.read_text())
+    assert status["state"] == "interrupted" and status["error"] == "interrupted"
 
 
 def test_torn_last_line_tolerated_but_middle_corruption_named(tmp_path):
