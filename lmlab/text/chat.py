@@ -97,6 +97,8 @@ def render_conversation_info(
     tok: Tokenizer, messages: list[dict], max_tokens: int | None = None
 ) -> Rendered:
     """`render_conversation`, also reporting how many turns were dropped to fit."""
+    if hasattr(tok, "render_conversation_info"):  # a tokenizer with its own template (imported)
+        return tok.render_conversation_info(messages, max_tokens)
     messages = validate_messages(messages)
     if not messages:
         raise LmlabError("conversation has no messages")
@@ -120,6 +122,8 @@ def render_for_completion_info(
     tok: Tokenizer, messages: list[dict], max_tokens: int | None = None
 ) -> Rendered:
     """`render_for_completion`, also reporting how many turns were dropped to fit."""
+    if hasattr(tok, "render_for_completion_info"):  # a tokenizer with its own template (imported)
+        return tok.render_for_completion_info(messages, max_tokens)
     messages = validate_messages(messages)
     if messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]  # the answer is what the model will write

@@ -31,6 +31,10 @@ _HINT = "expected tokenizer.json or spm.model; train one with `lmlab tokenizer t
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load from a directory written by `save`/`train_tokenizer` (or straight from either file)."""
     path = Path(path).expanduser()
+    from lmlab.text import hf_pretrained
+
+    if path.is_dir() and hf_pretrained.is_pretrained_dir(path):  # transformers save_pretrained
+        return hf_pretrained.load(path)
     if path.is_file():
         file = path
     else:
