@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from lmlab.paths import atomic_write_text
-from lmlab.runs.sweep import PlannedRun, SweepSpec, resolved_values
+from lmlab.runs.sweep import PlannedRun, SweepSpec, column_values, resolved_values
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -20,7 +20,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def build_rows(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[str], list[dict]]:
     metrics = list(spec.metric_modes())
     swept = list(dict.fromkeys(k for r in runs for k in r.overrides))
-    header = ["row", "experiment", "seed", "status", "run_id", "wall_s", *swept]
+    extra = [c for c in spec.columns if c not in swept]
+    header = ["row", "experiment", "seed", "status", "run_id", "wall_s", *swept, *extra]
     for m in metrics:
         header += [f"{m}_best", f"{m}_final"]
     for m in metrics:
@@ -35,6 +36,7 @@ def build_rows(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[str], list
             "run_id": r.run_dir.name,
             "wall_s": round(r.wall_s, 2),
             **resolved_values(r),
+            **column_values(r, {c: spec.columns[c] for c in extra}),
         }
         for m in metrics:
             row[f"{m}_best"] = r.summary.get("best", {}).get(m)
@@ -48,6 +50,9 @@ def build_rows(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[str], list
             "seed": f"n={len(done)}",
             "status": "aggregate",
         }
+        for c in extra:  # a column every run of the experiment agrees on describes the aggregate
+            values = {repr(row.get(c)) for row in done}
+            agg[c] = done[0].get(c) if len(values) == 1 else None
         for m in metrics:
             for kind in ("best", "final"):
                 vals = [row[f"{m}_{kind}"] for row in done if row[f"{m}_{kind}"] is not None]

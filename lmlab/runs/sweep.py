@@ -50,6 +50,10 @@ class SweepSpec(Strict):
     primary: str | None = None
     quick: dict[str, Any] = Field(default_factory=dict)
     retries: int = Field(default=1, ge=0)
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra summary columns: name -> dotted key read from each run's config.yaml.",
+    )
     timeout_s: float | None = None
     out: str | None = None
 
@@ -240,18 +244,28 @@ def describe(run: PlannedRun) -> str:
     return (prefix + " " if prefix else "") + shlex.join(run.argv)
 
 
-def resolved_values(run: PlannedRun) -> dict[str, Any]:
-    """The swept keys as the run's own config.yaml recorded them (what actually ran)."""
+def _run_config(run: PlannedRun) -> dict:
     cfg_path = run.run_dir / "config.yaml"
-    data = {}
     if cfg_path.exists():
         try:
-            data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            return yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
-            data = {}
+            return {}
+    return {}
+
+
+def resolved_values(run: PlannedRun) -> dict[str, Any]:
+    """The swept keys as the run's own config.yaml recorded them (what actually ran)."""
+    data = _run_config(run)
     missing = object()
     out = {}
     for key, requested in run.overrides.items():
         actual = get_path(data, key, missing)
         out[key] = requested if actual is missing else actual
     return out
+
+
+def column_values(run: PlannedRun, columns: dict[str, str]) -> dict[str, Any]:
+    """The sweep's extra `columns` (name -> dotted key) from the run's config.yaml."""
+    data = _run_config(run) if columns else {}
+    return {name: get_path(data, key) for name, key in columns.items()}
