@@ -44,12 +44,14 @@ def _mount() -> None:
     from lmlab.model.cli import chat_command, generate_command
     from lmlab.runs.cli import app as runs_app
     from lmlab.runs.sweep_cli import app as sweep_app
+    from lmlab.serve.cli import serve_command
     from lmlab.text.cli import app as tokenizer_app
     from lmlab.train.cli import train_command
 
     app.command("train")(train_command)
     app.command("generate")(generate_command)
     app.command("chat")(chat_command)
+    app.command("serve")(serve_command)
     app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(data_app, name="data")
     app.add_typer(runs_app, name="runs")
