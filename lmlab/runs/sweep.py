@@ -35,6 +35,7 @@ class MetricSpec(Strict):
 class Experiment(Strict):
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] | None = Field(None, description="This experiment's seeds (None: the sweep's).")
 
 
 class SweepSpec(Strict):
@@ -134,7 +135,7 @@ def plan(spec: SweepSpec, root: Path, out: Path, quick: bool = False, only: str 
                 name = label if exp.name == "default" and not exp.set else f"{exp.name}/{label}"
             if only and name != only and exp.name != only:
                 continue
-            for seed in spec.seeds:
+            for seed in exp.seeds or spec.seeds:
                 overrides = {**exp.set, **grid_part, **(spec.quick if quick else {})}
                 overrides[spec.seed_key] = seed
                 key = {"command": spec.command, "base": base_data, "overrides": overrides}
