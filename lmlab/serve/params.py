@@ -105,7 +105,8 @@ def prepare_completion(req: CompletionRequest, tok, context: int) -> list[Prepar
         room = context - len(ids)
         if room < 0 or (wanted > 0 and room < 1):
             raise _context_error(len(ids), context, param)
-        extra = {"stop_tokens": (tok.eot_id,), "banned_tokens": (tok.bos_id,)}
+        stops = () if req.ignore_eos else (tok.eot_id,)
+        extra = {"stop_tokens": stops, "banned_tokens": (tok.bos_id,)}
         if req.logprobs is not None:
             extra["logprobs"] = req.logprobs
             if req.echo:
@@ -125,7 +126,8 @@ def prepare_chat(req: ChatRequest, tok, context: int) -> Prepared:
     except LmlabError as e:
         code = "context_length_exceeded" if "does not fit" in str(e) else None
         raise ApiError(400, str(e), param="messages", code=code) from None
-    extra = {"stop_tokens": (tok.eot_id,), "banned_tokens": tuple(role_token_ids(tok))}
+    stops = () if req.ignore_eos else (tok.eot_id,)
+    extra = {"stop_tokens": stops, "banned_tokens": tuple(role_token_ids(tok))}
     if req.logprobs:
         extra["logprobs"] = req.top_logprobs or 0
     return Prepared(ids, _sampling(req, max_new, **extra))

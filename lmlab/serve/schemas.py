@@ -18,6 +18,7 @@ from lmlab.serve.errors import bad_request, from_validation
 
 EXTENSION_FIELDS = (
     "top_k",
+    "ignore_eos",
     "kv_policy",
     "kv_budget",
     "kv_window",
@@ -54,6 +55,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     # lmlab extensions
     top_k: Annotated[int, Field(ge=0)] = 0
+    ignore_eos: bool = False  # vLLM's: generate max_tokens even past <|eot|> (benchmarks)
     kv_policy: str = "full"
     kv_budget: float = 1.0
     kv_window: Annotated[int, Field(ge=1)] = 32

@@ -18,7 +18,7 @@ CONTEXT = 128
 WORDS = "the cat sat on a mat and the dog ran to the red ball while birds sang in trees".split()
 
 
-def build_run(root: Path, name: str = "tiny-serve") -> Path:
+def build_run(root: Path, name: str = "tiny-serve", context: int = CONTEXT) -> Path:
     """A run directory as `lmlab train` writes it: checkpoints/latest + tokenizer/."""
     from lmlab.text import hf_backend
 
@@ -29,7 +29,7 @@ def build_run(root: Path, name: str = "tiny-serve") -> Path:
     tok = hf_backend.train_bpe(docs, 320, progress=False)
     tok.save(run / "tokenizer")
     cfg = ModelConfig(depth=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=tok.vocab_size,
-                      seq_len=CONTEXT)  # fmt: skip
+                      seq_len=context)  # fmt: skip
     model = GPT(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -104,3 +104,25 @@ def tok(tiny_run):
     from lmlab.model.checkpoint import load_tokenizer_for
 
     return load_tokenizer_for(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def model_id(tiny_run) -> str:
+    return tiny_run.name
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_run):
+    """An engine and model of their own (the server's live in its scheduler thread)."""
+    from lmlab.model.engine import Engine
+
+    model, tok, _ = load_checkpoint(tiny_run)
+    return Engine(model.eval(), tok)
+
+
+def forward_logprobs(engine, ids: list[int]) -> list[float]:
+    """log p(ids[t] | ids[:t]) for t >= 1, from one plain forward pass."""
+    with torch.no_grad():
+        logits = engine.model(torch.tensor([ids]))[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
