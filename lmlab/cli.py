@@ -41,6 +41,7 @@ def root(
 
 def _mount() -> None:
     from lmlab.data.cli import app as data_app
+    from lmlab.interop.cli import export_command, import_command
     from lmlab.model.cli import chat_command, generate_command
     from lmlab.runs.cli import app as runs_app
     from lmlab.runs.sweep_cli import app as sweep_app
@@ -51,6 +52,8 @@ def _mount() -> None:
     app.command("train")(train_command)
     app.command("generate")(generate_command)
     app.command("chat")(chat_command)
+    app.command("export")(export_command)
+    app.command("import")(import_command)
     app.command("serve")(serve_command)
     app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(data_app, name="data")

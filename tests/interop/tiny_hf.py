@@ -94,3 +94,22 @@ def save_tiny_hf(directory: Path, model_type: str, seed: int = 0, **over) -> Pat
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """`n` greedy tokens from a transformers model (no eos: it runs to full length)."""
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def lmlab_greedy(model, prompt: list[int], n: int, **cfg) -> list[int]:
+    """`n` greedy tokens from an lmlab model through the one engine."""
+    from lmlab.model.engine import Engine, GenerationConfig
+
+    (gen,) = Engine(model).generate([prompt], GenerationConfig(max_new_tokens=n, **cfg))
+    return gen.tokens

@@ -1,9 +1,16 @@
 import random
 import re
+from pathlib import Path
 
 import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmlab.errors import LmlabError
+from lmlab.model.checkpoint import save_checkpoint
+from lmlab.model.config import ModelConfig
+from lmlab.model.gpt import GPT
 from lmlab.text.chat import (
     parse_conversation,
     render_conversation,
@@ -13,6 +20,7 @@ from lmlab.text.chat import (
     role_token_ids,
 )
 from lmlab.text.tokenizer import train_tokenizer
+from tests.conftest import run_lmlab
 
 CONVO = [
     {"role": "system", "content": "You are terse."},
@@ -140,3 +148,85 @@ def test_role_token_ids_exclude_eot(tok):
     banned = role_token_ids(tok)
     assert tok.eot_id not in banned
     assert set(banned) == {tok.special_id(n) for n in ("bos", "system", "user", "assistant")}
+
+
+# ---- render -> parse is the identity (property) ------------------------------------------------
+
+PIECES = ["a", "the ", "answer", "?", "\n", "Grüße", "🙂", "2+2", "<|eot|>", "<|user|>", "<|"]
+CONTENT = st.lists(st.sampled_from(PIECES), max_size=6).map("".join)
+CONVERSATIONS = st.tuples(
+    st.one_of(st.none(), CONTENT),
+    st.lists(st.tuples(st.sampled_from(["user", "assistant"]), CONTENT), min_size=1, max_size=5),
+).map(
+    lambda sm: (
+        ([{"role": "system", "content": sm[0]}] if sm[0] is not None else [])
+        + [{"role": r, "content": c} for r, c in sm[1]]
+    )
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=CONVERSATIONS)
+def test_render_then_parse_round_trips(tok, messages):
+    ids, mask = render_conversation(tok, messages)
+    assert parse_conversation(tok, ids) == messages
+    # the loss mask covers exactly the assistant contents and their closing eots
+    trained = [i for i, k in zip(ids, mask, strict=True) if k]
+    expect = [t for m in messages if m["role"] == "assistant" for t in tok.encode(m["content"])]
+    assert [t for t in trained if t != tok.eot_id] == expect
+    assert trained.count(tok.eot_id) == sum(m["role"] == "assistant" for m in messages)
+
+
+# ---- the chat command stops at eot and never writes a role token -------------------------------
+
+
+def bigram_checkpoint(tok, root: Path, table: dict[int, list[int]], default: int) -> Path:
+    """A run dir whose GPT is a lookup table: after token x the most likely next tokens are
+    table[x], best first (`default` for any other x). The blocks' output projections are zero
+    (the init), so logits depend only on the last token's embedding."""
+    V = tok.vocab_size
+    cfg = ModelConfig(
+        depth=1, n_embd=V + (-V) % 8, n_head=4, vocab_size=V, seq_len=128, logit_softcap=None
+    )
+    model = GPT(cfg)
+    with torch.no_grad():
+        model.wte.weight.zero_()
+        model.wte.weight[:, :V] = torch.eye(V)  # token x -> e_x; after RMSNorm sqrt(n_embd) e_x
+        head = torch.zeros(V, cfg.n_embd)
+        for x in range(V):
+            for rank, nxt in enumerate(table.get(x, [default])):
+                head[nxt, x] = (10.0 - rank) / cfg.n_embd**0.5
+        model.lm_head.weight.copy_(head)
+    run = root / "bigram"
+    meta = {"model": cfg.model_dump(mode="json"), "tokenizer": tok.meta(), "step": 0}
+    if hasattr(model, "arch"):
+        meta["arch"] = model.arch()
+    save_checkpoint(run / "checkpoints" / "latest", model, meta)
+    tok.save(run / "tokenizer")
+    return run
+
+
+def test_chat_reply_stops_at_eot_and_skips_banned_role_tokens(tok, tmp_path):
+    a, b, c = (tok.encode(w)[0] for w in ("a", "the", "?"))
+    user, asst, eot = tok.special_id("user"), tok.special_id("assistant"), tok.eot_id
+    table = {
+        asst: [a],  # the reply starts with a
+        a: [user, b, eot],  # a role token is most likely next: banned, so b
+        b: [eot, c],  # then the stop token
+        eot: [c],  # were eot not a stop, the reply would go on with c c c ...
+        user: [c],  # were the role token not banned, c c c ...
+    }
+    run = bigram_checkpoint(tok, tmp_path, table, default=c)
+    proc = run_lmlab(
+        "chat",
+        "--ckpt",
+        run,
+        "--prompt",
+        "hello",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        check=0,
+    )
+    assert proc.stdout.strip() == tok.decode([a, b]).strip()
