@@ -19,9 +19,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def build_rows(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[str], list[dict]]:
     metrics = list(spec.metric_modes())
-    swept = list(dict.fromkeys(k for r in runs for k in r.overrides))
-    extra = [c for c in spec.columns if c not in swept]
-    header = ["row", "experiment", "seed", "status", "run_id", "wall_s", *swept, *extra]
+    fixed = ["row", "experiment", "seed", "n", "status", "run_id", "wall_s"]
+    # the seed already has its column: a swept key named like a fixed column is not repeated
+    swept = [k for k in dict.fromkeys(k for r in runs for k in r.overrides) if k not in fixed]
+    extra = [c for c in spec.columns if c not in swept and c not in fixed]
+    header = [*fixed, *swept, *extra]
     for m in metrics:
         header += [f"{m}_best", f"{m}_final"]
     for m in metrics:
@@ -44,12 +46,8 @@ def build_rows(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[str], list
         rows.append(row)
     for exp in dict.fromkeys(r.experiment for r in runs):
         done = [row for row in rows if row["experiment"] == exp and row["status"] == "done"]
-        agg = {
-            "row": "aggregate",
-            "experiment": exp,
-            "seed": f"n={len(done)}",
-            "status": "aggregate",
-        }
+        # n (runs averaged) has a column of its own, so `seed` stays numeric for a reader
+        agg = {"row": "aggregate", "experiment": exp, "n": len(done), "status": "aggregate"}
         for c in extra:  # a column every run of the experiment agrees on describes the aggregate
             values = {repr(row.get(c)) for row in done}
             agg[c] = done[0].get(c) if len(values) == 1 else None
@@ -101,7 +99,7 @@ def summary_text(spec: SweepSpec, runs: list[PlannedRun], rows: list[dict]) -> s
         parts = [
             f"{m}={_num(r[f'{m}_best'])} ± {_num(r[f'{m}_best_std'])}" for m in spec.metric_modes()
         ]
-        lines.append(f"  {r['experiment']} ({r['seed']}): " + ", ".join(parts))
+        lines.append(f"  {r['experiment']} (n={r['n']}): " + ", ".join(parts))
     bad = [r for r in runs if r.status not in ("done",)]
     lines += ["", f"failed or incomplete runs: {len(bad)}"]
     for r in bad:

@@ -2,19 +2,29 @@
 
 Each (experiment, seed) gets one run directory keyed by a hash of what it runs (command, base
 config contents, overrides), so a rerun finds finished runs and only does the missing ones.
+
+Stopping: each child runs in its own process group, and dies with the sweep (PR_SET_PDEATHSIG on
+Linux, so even a SIGKILLed sweep leaves no orphan training). SIGINT/SIGTERM to the sweep are
+forwarded to every child's group; the sweep waits for them (SIGKILL after `grace_s`, or at a
+second signal), starts nothing new, and raises SweepInterrupted so the caller can summarise what
+finished. A run that ends interrupted is "interrupted", not "failed", and is not retried.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +45,9 @@ class MetricSpec(Strict):
 class Experiment(Strict):
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
-    seeds: list[int] | None = Field(None, description="This experiment's seeds (None: the sweep's).")
+    seeds: list[int] | None = Field(
+        None, description="This experiment's seeds (None: the sweep's)."
+    )
 
 
 class SweepSpec(Strict):
@@ -63,6 +75,9 @@ class SweepSpec(Strict):
         names = [e.name for e in self.experiments]
         if len(set(names)) != len(names):
             raise ValueError(f"experiment names repeat: {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            # two cells with one seed are one run directory: two writers, one result counted twice
+            raise ValueError(f"seeds repeat: {self.seeds}; each (experiment, seed) runs once")
         if self.primary and self.primary not in self.metric_modes():
             raise ValueError(f"primary metric '{self.primary}' is not in metrics")
         return self
@@ -125,7 +140,8 @@ def plan(spec: SweepSpec, root: Path, out: Path, quick: bool = False, only: str 
     experiments = spec.experiments or [Experiment(name="default")]
     keys = list(spec.grid)
     points = list(itertools.product(*(spec.grid[k] for k in keys))) if keys else [()]
-    runs = []
+    runs: list[PlannedRun] = []
+    seen: dict[Path, PlannedRun] = {}
     for exp in experiments:
         for point in points:
             grid_part = dict(zip(keys, point, strict=True))
@@ -141,7 +157,14 @@ def plan(spec: SweepSpec, root: Path, out: Path, quick: bool = False, only: str 
                 key = {"command": spec.command, "base": base_data, "overrides": overrides}
                 run_dir = out / f"{slug(name.replace('/', '_'))}-s{seed}-{config_hash(key)}"
                 argv = _argv(spec, base, overrides, run_dir, seed, name)
-                runs.append(PlannedRun(name, seed, overrides, run_dir, argv))
+                if run_dir in seen:
+                    raise LmlabError(
+                        f"sweep {spec.name}: {name} seed={seed} is the same run as "
+                        f"{seen[run_dir].experiment} seed={seen[run_dir].seed} (repeated grid "
+                        "values?); each (experiment, seed) runs once"
+                    )
+                seen[run_dir] = PlannedRun(name, seed, overrides, run_dir, argv)
+                runs.append(seen[run_dir])
     if only and not runs:
         raise LmlabError(f"--only {only!r}: no experiment of that name in the sweep")
     return runs
@@ -166,41 +189,106 @@ def check_run(run: PlannedRun, modes: dict[str, str]) -> str:
     return "done"
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was stopped by a signal; its children have exited. `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # resolved before any fork: the child only calls it
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent_pid: int):
+    """A preexec_fn: the child gets SIGTERM when the thread that started it (a worker thread of
+    the sweep, alive until the sweep ends) dies, however it dies."""
+
+    def preexec() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the sweep died before prctl took effect
+            os._exit(1)
+
+    return preexec if _PRCTL is not None else None
+
+
 class SweepRunner:
+    grace_s = 60.0  # after a forwarded signal, how long children get before SIGKILL
+
     def __init__(self, spec: SweepSpec, runs: list[PlannedRun], echo=print):
         self.spec, self.runs, self.echo = spec, runs, echo
         self.modes = spec.metric_modes()
         self._procs: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the signal handler takes it, maybe twice
         self._done = 0
+        self.stopped_by: int | None = None  # the signal that stopped the sweep
+
+    def _start(self, run: PlannedRun, log) -> subprocess.Popen | None:
+        """Start the child, unless the sweep is stopping (checked under the lock the signal
+        handler takes, so a child is either never started or sees the forwarded signal)."""
+        with self._lock:
+            if self.stopped_by is not None:
+                return None
+            proc = subprocess.Popen(
+                run.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,  # Ctrl-C at a terminal reaches the sweep only; it forwards
+                preexec_fn=_die_with(os.getpid()),
+            )
+            self._procs.add(proc)
+            return proc
+
+    def _outcome(self, run: PlannedRun, rc: int) -> str:
+        state = check_run(run, self.modes)
+        if state == "done" and rc == 0:
+            return "done"
+        if self.stopped_by is not None or state == "interrupted":
+            return "interrupted"
+        return state if rc == 0 else "failed"
 
     def _execute(self, run: PlannedRun, total: int) -> None:
+        if self.stopped_by is not None:
+            run.status, run.note = "not_run", "sweep interrupted"
+            return
         run.run_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, self.spec.retries + 2):
-            run.attempts = attempt
             t0 = time.time()
             with open(run.run_dir / "sweep.log", "a", encoding="utf-8") as log:
+                proc = self._start(run, log)
+                if proc is None:
+                    break
+                run.attempts = attempt
                 log.write(f"$ {shlex.join(run.argv)}  # attempt {attempt}\n")
                 log.flush()
-                proc = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT)
-                with self._lock:
-                    self._procs.add(proc)
                 try:
                     rc = proc.wait(timeout=self.spec.timeout_s)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    _signal_group(proc, signal.SIGKILL)
                     rc = proc.wait()
                     run.note = f"timed out after {self.spec.timeout_s}s"
                 finally:
                     with self._lock:
                         self._procs.discard(proc)
             run.wall_s = time.time() - t0
-            run.status = check_run(run, self.modes) if rc == 0 else "failed"
+            run.status = self._outcome(run, rc)
             if rc != 0 and not run.note:
                 run.note = f"exit {rc}; see {run.run_dir / 'sweep.log'}"
             if run.status == "done":
                 run.note = ""
+            if run.status in ("done", "interrupted"):  # interrupted is not retried
                 break
+        if run.attempts == 0:
+            run.status, run.note = "not_run", "sweep interrupted"
+            return
         with self._lock:
             self._done += 1
             self.echo(
@@ -225,18 +313,60 @@ class SweepRunner:
             f"sweep {self.spec.name}: {len(self.runs)} runs, {cached} already done, "
             f"{len(todo)} to run with {workers} worker(s)"
         )
+        with self._forward_signals(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(lambda r: self._execute(r, len(todo)), todo))
+        if self.stopped_by is not None:
+            raise SweepInterrupted(self.stopped_by)
+
+    def stop(self, signum: int) -> None:
+        """Forward `signum` to every child's process group and start nothing new; a second
+        call (a second Ctrl-C) or `grace_s` later, SIGKILL them."""
+        with self._lock:
+            again = self.stopped_by is not None
+            self.stopped_by = self.stopped_by or signum
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGKILL if again else signum)
+        if not again:
+            timer = threading.Timer(self.grace_s, self._kill_all)
+            timer.daemon = True
+            timer.start()
+
+    def _kill_all(self) -> None:
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGKILL)
+
+    @contextmanager
+    def _forward_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, lambda signum, frame: self.stop(signum))
         try:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                list(pool.map(lambda r: self._execute(r, len(todo)), todo))
-        except KeyboardInterrupt:
-            with self._lock:
-                for proc in self._procs:
-                    proc.terminate()
-            raise
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     @property
     def failed(self) -> list[PlannedRun]:
-        return [r for r in self.runs if r.status not in ("done", "not_run")]
+        return [r for r in self.runs if r.status not in ("done", "not_run", "interrupted")]
+
+    @property
+    def interrupted(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.status == "interrupted"]
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Signal the child's process group (its own children too, e.g. torchrun's workers)."""
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def describe(run: PlannedRun) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -9,12 +12,32 @@ import typer
 
 from lmlab.errors import LmlabError
 from lmlab.paths import runs_root
+from lmlab.runs.lock import acquire
 from lmlab.runs.summary import write_summaries
-from lmlab.runs.sweep import SweepRunner, describe, load_sweep, plan
+from lmlab.runs.sweep import SweepInterrupted, SweepRunner, describe, load_sweep, plan
 
 app = typer.Typer(
     help="Run sweeps of experiments × seeds over any lmlab command.", no_args_is_help=True
 )
+
+
+class Stdout:
+    """typer.echo that survives a reader going away (`lmlab sweep run ... | head`): the sweep
+    goes on and still writes its summaries; further output is dropped."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self, message: str = "") -> None:
+        if self.closed:
+            return
+        try:
+            typer.echo(message)
+        except BrokenPipeError:
+            self.closed = True
+            # Python's advice: point stdout at devnull so the flush at exit does not fail too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
 
 
 @app.command("run")
@@ -49,12 +72,28 @@ def run(
         return
     if workers < 1:
         raise LmlabError(f"--workers must be >= 1, got {workers}")
-    runner = SweepRunner(spec, runs, echo=typer.echo)
-    runner.run(force=force, max_runs=max_runs, workers=workers)
-    csv_path, txt_path = write_summaries(spec, runs, out)
-    typer.echo(txt_path.read_text())
-    typer.echo(f"summaries: {csv_path} {txt_path}")
-    if runner.failed:
+    lock = acquire(out, what="sweep folder")  # two sweeps in one folder would race each other
+    echo = Stdout()
+    runner = SweepRunner(spec, runs, echo=echo)
+    stopped: SweepInterrupted | None = None
+    try:
+        runner.run(force=force, max_runs=max_runs, workers=workers)
+    except SweepInterrupted as e:
+        stopped = e
+    csv_path, txt_path = write_summaries(spec, runs, out)  # first: stdout may be gone
+    lock.release()
+    echo(txt_path.read_text())
+    echo(f"summaries: {csv_path} {txt_path}")
+    if stopped is not None:
+        done = sum(r.status == "done" for r in runs)
+        typer.echo(
+            f"sweep stopped by {signal.Signals(stopped.signum).name}: {done} of {len(runs)} "
+            f"run(s) done; rerun the same command to finish the rest (see {txt_path})",
+            err=True,
+        )
+        raise typer.Exit(128 + stopped.signum)
+    unfinished = runner.failed + runner.interrupted
+    if unfinished:
         raise LmlabError(
-            f"{len(runner.failed)} of {len(runs)} run(s) failed or are incomplete; see {txt_path}"
+            f"{len(unfinished)} of {len(runs)} run(s) failed or are incomplete; see {txt_path}"
         )

@@ -73,14 +73,33 @@ def test_sweep_runs_once_then_skips(tmp_path, lmlab_cli):
 
 
 def test_seed_reaches_the_run(tmp_path, lmlab_cli):
-    f = write_sweep(tmp_path, seeds=[0, 0, 1], experiments=[{"name": "e", "set": {}}])
+    f = write_sweep(tmp_path, seeds=[0, 1], experiments=[{"name": "e", "set": {}}])
     lmlab_cli("sweep", "run", f, check=0)
-    runs = [r for r in read_summary(tmp_path) if r["row"] == "run"]
-    by_seed = {}
-    for r in runs:
-        by_seed.setdefault(r["seed"], set()).add(r["val_loss_final"])
-    assert len(by_seed["0"]) == 1  # same seed (same run dir) -> same result
-    assert by_seed["0"] != by_seed["1"]  # different seed -> different result
+    runs = {r["seed"]: r["val_loss_final"] for r in read_summary(tmp_path) if r["row"] == "run"}
+    assert runs["0"] != runs["1"]  # different seed -> different result
+
+
+def test_repeated_cells_are_refused(tmp_path, lmlab_cli):
+    f = write_sweep(tmp_path, seeds=[0, 0], experiments=[{"name": "e", "set": {}}])
+    proc = lmlab_cli("sweep", "run", f, "--workers", "2")
+    assert proc.returncode == 1 and "seeds repeat: [0, 0]" in proc.stderr and str(f) in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "sweep").exists()
+    f = write_sweep(tmp_path, seeds=[0], grid={"lr": [0.1, 0.1]}, experiments=[])
+    proc = lmlab_cli("sweep", "run", f)
+    assert proc.returncode == 1 and "lr=0.1 seed=0 is the same run as lr=0.1 seed=0" in proc.stderr
+
+
+def test_summary_csv_columns_are_unique_and_typed(tmp_path, lmlab_cli):
+    import polars as pl
+
+    f = write_sweep(tmp_path)
+    lmlab_cli("sweep", "run", f, check=0)
+    header = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)) and header.count("seed") == 1
+    df = pl.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert df.schema["seed"].is_integer() and df.schema["n"].is_integer()
+    assert df.filter(pl.col("row") == "aggregate")["n"].to_list() == [2, 2]
+    assert "(n=2)" in (tmp_path / "sweep" / "summary.txt").read_text()
 
 
 def test_dry_run_runs_nothing(tmp_path, lmlab_cli):
