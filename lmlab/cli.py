@@ -64,6 +64,7 @@ def _mount() -> None:
 
 def _mount_studies() -> None:
     """Each study owns a sub-app; only this file may import studies."""
+    from lmlab.studies.kvbench.cli import app as kvbench_app
     from lmlab.studies.notes.cache_cli import cache_app as notes_cache_app
     from lmlab.studies.notes.cli import notes_app
     from lmlab.studies.retrieval.cli import app as retrieval_app
@@ -76,6 +77,7 @@ def _mount_studies() -> None:
     app.add_typer(notes_cache_app, name="cache")
     app.add_typer(notes_app, name="notes")
     app.add_typer(retrieval_app, name="retrieval")
+    app.add_typer(kvbench_app, name="kvbench")
     app.command("demo")(retrieval_demo)
 
 

@@ -188,6 +188,37 @@ def heatmap_grid(
     return _save(fig, path, tight=False)
 
 
+def line_grid(
+    panels: dict[str, tuple[dict, dict]],
+    path: Path,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    xticklabels: Sequence[str] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """One row of line panels sharing the y axis: {panel: (series, bands)} with series and bands
+    as in `line_plot` (x values are category indices when `xticklabels` is given)."""
+    plt = _plt()
+    k = max(1, len(panels))
+    fig, axes = plt.subplots(1, k, figsize=(3.6 * k + 0.8, 3.6), squeeze=False, sharey=True)
+    for ax, (name, (series, bands)) in zip(axes[0], panels.items(), strict=False):
+        for label, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="o", label=label)
+            if bands and label in bands:
+                lo, hi = bands[label]
+                ax.fill_between(list(xs), list(lo), list(hi), alpha=0.12)
+        ax.set(title=name, xlabel=xlabel)
+        if xticklabels is not None:
+            ax.set_xticks(range(len(xticklabels)), list(xticklabels))
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize="small")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,200 @@
+"""`report`: report.md from the database: config, per-cell tables, plots, transition summary, what
+each policy kept, and a "budgets verified" line per run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from lmlab import config as C
+from lmlab.runs.report import Report
+from lmlab.studies.kvbench import db
+from lmlab.studies.kvbench.analyze import PLOTS
+from lmlab.studies.kvbench.config import KvbenchConfig
+
+POLICY_NOTES = {
+    "full": "every prompt position (the reference)",
+    "snapkv": "the observation window (last W prompt tokens) plus the earlier positions its "
+    "queries attend to most (pooled), per KV head",
+    "streamingllm": "the first few positions (attention sinks) plus the most recent ones",
+    "h2o": "the most recent half plus the earlier positions with the most accumulated attention",
+    "random": "uniformly random positions (seeded), the control",
+}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(lo, hi) -> str:
+    return "-" if lo is None else f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def write_report(
+    cfg: KvbenchConfig, conn: sqlite3.Connection, run_ids: list[str], out: Path, source: str
+) -> Path:
+    ds = db.rows(conn, "SELECT * FROM datasets")[0]
+    bins = db.rows(conn, "SELECT * FROM bins ORDER BY bin_id")
+    stats = db.rows(conn, "SELECT * FROM bin_stats ORDER BY policy, budget DESC, bin_id")
+    trans = db.rows(conn, "SELECT * FROM transition_summary ORDER BY policy, bin_id, rule")
+    marks = ",".join("?" for _ in run_ids)
+    runs = db.rows(
+        conn,
+        f"SELECT * FROM runs WHERE run_id IN ({marks}) ORDER BY policy, budget DESC",  # noqa: S608
+        tuple(run_ids),
+    )
+    fails = db.rows(
+        conn,
+        "SELECT f.error_type, COUNT(*) AS n FROM failures f JOIN requests q USING (request_id) "
+        f"WHERE q.run_id IN ({marks}) GROUP BY f.error_type ORDER BY n DESC",  # noqa: S608
+        tuple(run_ids),
+    )
+    unit = ds["length_unit"]
+    r = Report(f"KV-compression bench: {cfg.exp_group_id}")
+    r.text(
+        f"{cfg.description}\n\nDataset `{ds['dataset_id']}` ({ds['source']}), metric "
+        f"`{ds['metric']}`, {ds['max_new_tokens']} new tokens at most; engine `{runs[0]['engine']}` "
+        f"on `{runs[0]['model']}`. Config: `{source}` (resolved copy: `config.yaml`). Database: "
+        f"`{db.DB_NAME}` (every request, response, score and statistic)."
+    )
+    r.section("Bins", f"Prompt length in engine {unit} (after truncation to the context).")
+    r.table(
+        ["bin", f"{unit}", "available", "sampled"],
+        [[b["bin_id"], f"{b['lo']}-{b['hi']}", b["n_available"], b["n_sampled"]] for b in bins],
+    )
+    r.section("Budgets verified", "One line per run (cell of the grid):")
+    r.text("\n".join(f"- `{u['policy']}` @ {u['budget']:g}: {u['verified']}" for u in runs))
+    r.section(
+        "Accuracy by policy, budget and bin",
+        "Accuracy in % (failures count 0) with its 95% bootstrap CI; `answered` is the accuracy "
+        "over answered requests; latency in ms; KV kept is the mean fraction of the prompt's KV "
+        "bytes kept.",
+    )
+    r.table(
+        [
+            "policy",
+            "budget",
+            "bin",
+            "n",
+            "accuracy",
+            "95% CI",
+            "answered",
+            "fail %",
+            "p50 ms",
+            "p95 ms",
+            "KV kept",
+        ],
+        [
+            [
+                s["policy"],
+                f"{s['budget']:g}",
+                s["bin_id"],
+                s["n"],
+                _pct(s["mean"]),
+                _ci(s["ci_lo"], s["ci_hi"]),
+                _pct(s["mean_answered"]),
+                _pct(s["fail_rate"]),
+                f"{1000 * s['latency_p50']:.1f}" if s["latency_p50"] == s["latency_p50"] else "-",
+                f"{1000 * s['latency_p95']:.1f}" if s["latency_p95"] == s["latency_p95"] else "-",
+                "-" if s["kv_fraction"] is None else f"{s['kv_fraction']:.2f}",
+            ]
+            for s in stats
+        ],
+    )
+    r.section("Overall (all bins)", overall_text(conn, run_ids))
+    r.section("Plots")
+    for name in PLOTS:
+        path = out / "plots" / name
+        if path.exists():
+            r.image(path, out, name.removesuffix(".png"))
+    r.section(
+        "Transition summary",
+        f"`paired_ci`: the largest budget whose paired drop against the full cache has a 95% CI "
+        f"above 0 and a mean above {cfg.analysis.threshold:g}; `mean_drop` (the seed's rule): the "
+        f"largest budget whose mean drop exceeds {cfg.analysis.mean_drop:g}. Drops in points of "
+        "accuracy; '-' = no transition within the grid.",
+    )
+    r.table(
+        ["policy", "bin", "rule", "transition budget", "drop", "95% CI"],
+        [
+            [
+                t["policy"],
+                t["bin_id"],
+                t["rule"],
+                "-" if t["transition_budget"] is None else f"{t['transition_budget']:g}",
+                _pct(t["drop_mean"]),
+                _ci(t["ci_lo"], t["ci_hi"]),
+            ]
+            for t in trans
+        ],
+    )
+    r.section("What each policy kept")
+    r.text("\n".join(kept_lines(conn, run_ids)))
+    r.section(
+        "Failures",
+        ", ".join(f"{f['error_type']}: {f['n']}" for f in fails) or "none",
+    )
+    r.section("Config")
+    r.text("```yaml\n" + C.dump_yaml(cfg) + "```")
+    return r.write(out / "report.md")
+
+
+def overall_text(conn: sqlite3.Connection, run_ids: list[str]) -> str:
+    """Mean accuracy per (policy, budget) over every example, with the paired difference to full."""
+    from lmlab.studies.kvbench.stats import bootstrap_ci, rng_for
+
+    marks = ",".join("?" for _ in run_ids)
+    rows = db.rows(
+        conn,
+        "SELECT u.policy, u.budget, q.example_id, s.score FROM requests q JOIN runs u "
+        f"USING (run_id) JOIN scores s USING (request_id) WHERE q.run_id IN ({marks})",  # noqa: S608
+        tuple(run_ids),
+    )
+    cells: dict = {}
+    for x in rows:
+        cells.setdefault((x["policy"], x["budget"]), {})[x["example_id"]] = x["score"]
+    ref = cells.get(("full", 1.0), {})
+    lines = [
+        "| policy | budget | n | accuracy % [95% CI] | vs full cache, paired [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for (p, b), sc in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        vals = list(sc.values())
+        lo, hi = bootstrap_ci(vals, 2000, rng_for(0, p, b, "overall"))
+        d = [sc[e] - ref[e] for e in sc if e in ref]
+        dlo, dhi = bootstrap_ci(d, 2000, rng_for(0, p, b, "overall-diff"))
+        mean_d = sum(d) / len(d) if d else float("nan")
+        lines.append(
+            f"| {p} | {b:g} | {len(vals)} | {100 * sum(vals) / len(vals):.1f} "
+            f"[{100 * lo:.1f}, {100 * hi:.1f}] | {100 * mean_d:+.1f} [{100 * dlo:+.1f}, "
+            f"{100 * dhi:+.1f}] |"
+        )
+    return "\n".join(lines)
+
+
+def kept_lines(conn: sqlite3.Connection, run_ids: list[str]) -> list[str]:
+    marks = ",".join("?" for _ in run_ids)
+    rows = db.rows(
+        conn,
+        "SELECT u.policy, u.budget, t.kv_retained, t.prompt_tokens FROM requests q JOIN runs u "
+        f"USING (run_id) JOIN telemetry t USING (request_id) WHERE q.run_id IN ({marks})",  # noqa: S608
+        tuple(run_ids),
+    )
+    seen: dict = {}
+    for x in rows:
+        kept = json.loads(x["kv_retained"]) if x["kv_retained"] else None
+        if kept and x["prompt_tokens"]:
+            seen.setdefault((x["policy"], x["budget"]), []).append(
+                sum(kept) / len(kept) / x["prompt_tokens"]
+            )
+    out = []
+    for policy in sorted({p for p, _ in seen} | {p for p in POLICY_NOTES if (p, 1.0) in seen}):
+        fracs = ", ".join(
+            f"{b:g} -> {sum(v) / len(v):.2f}"
+            for (p, b), v in sorted(seen.items(), key=lambda kv: -kv[0][1])
+            if p == policy
+        )
+        note = POLICY_NOTES.get(policy, "as the engine defines it")
+        out.append(f"- `{policy}` keeps {note}. Mean fraction of prompt positions kept: {fracs}.")
+    return out or ["- the engine reported no retained KV (budgets unverified)"]
