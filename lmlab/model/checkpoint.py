@@ -107,6 +107,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise LmlabError(f"no checkpoint in {path} (expected {MODEL_FILE} or checkpoints/best|latest)")
 
 
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """load_file, with the file's name in the error (safetensors' own says only "invalid header
+    length" for a truncated file)."""
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # SafetensorError, OSError: a missing, truncated or foreign file
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise LmlabError(f"{path}: cannot read checkpoint tensors ({first})") from None
+
+
 def read_meta(ckpt: str | Path) -> dict:
     ckpt = resolve_checkpoint(ckpt)
     try:
@@ -123,7 +133,7 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu"):
     meta = read_meta(ckpt)
     cfg = ModelConfig.model_validate(meta["model"])
     model = GPT(cfg)
-    state = load_file(ckpt / MODEL_FILE, device="cpu")
+    state = _load_tensors(ckpt / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("rope_")]  # buffers rebuilt from config
     if missing or unexpected:
@@ -166,9 +176,12 @@ def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu"):
 def load_training_state(ckpt: str | Path, model, optimizers) -> dict:
     """Restore weights and optimizer state for an exact resume; returns the trainer state."""
     ckpt = Path(ckpt)
-    state = load_file(ckpt / MODEL_FILE, device="cpu")
+    state = _load_tensors(ckpt / MODEL_FILE)
     _unwrap(model).load_state_dict(state, strict=False)
-    plain = json.loads((ckpt / OPTIM_JSON).read_text())
-    tensors = load_file(ckpt / OPTIM_TENSORS, device="cpu")
+    try:
+        plain = json.loads((ckpt / OPTIM_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LmlabError(f"{ckpt / OPTIM_JSON}: unreadable optimizer state ({e})") from None
+    tensors = _load_tensors(ckpt / OPTIM_TENSORS)
     _unflatten_optim(optimizers, tensors, plain)
     return plain.get("trainer", {})
