@@ -178,7 +178,7 @@ async def _stream(state, call: Call) -> AsyncIterator[str]:
                 choice = _delta_choice(
                     call, call.base(index) + payload.sample_index, "", payload.finish_reason
                 )
-                choice["kv"] = R.kv_report(p, payload)
+                choice.update(R.kv_report(p, payload))
                 yield _chunk(call, [choice])
             elif kind == "finished":
                 pending -= 1

@@ -36,11 +36,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def kv_report(p: Prepared, gen) -> dict:
+    """Fields merged into each choice (flat: `choices[i].kv_retained` is what clients read)."""
     return {
-        "policy": p.cfg.kv_policy,
-        "budget": p.cfg.kv_budget,
+        "kv_policy": p.cfg.kv_policy,
+        "kv_budget": p.cfg.kv_budget,
         "prompt_tokens": len(p.prompt),
-        "retained": list(gen.kv_retained),
+        "kv_retained": list(gen.kv_retained),
     }
 
 
@@ -140,7 +141,7 @@ def completion_choice(pieces: Pieces, p: Prepared, gen, index: int, echo=None) -
         "text": text,
         "logprobs": logprobs,
         "finish_reason": gen.finish_reason,
-        "kv": kv_report(p, gen),
+        **kv_report(p, gen),
     }
 
 
@@ -153,7 +154,7 @@ def chat_choice(pieces: Pieces, p: Prepared, gen, index: int) -> dict:
         "message": {"role": "assistant", "content": gen.text or "", "refusal": None},
         "logprobs": logprobs,
         "finish_reason": gen.finish_reason,
-        "kv": kv_report(p, gen),
+        **kv_report(p, gen),
     }
 
 

@@ -102,6 +102,10 @@ class Scheduler:
             for job in jobs:
                 if job.cancel_reason is None:
                     job.cancel_reason = reason
+                    if job in self._waiting:  # never started: it just leaves the queue
+                        self._waiting.remove(job)
+                        self._count_cancel(job)
+            self.metrics.queue_depth.set(len(self._waiting))
             self._cv.notify()
 
     @property

@@ -24,7 +24,7 @@ def test_chat_equals_the_engine_on_the_core_template(client, model_id, reference
     assert choice.message.role == "assistant" and choice.message.content == gen.text
     assert choice.finish_reason == gen.finish_reason
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(gen.tokens)
-    assert choice.model_extra["kv"]["prompt_tokens"] == len(ids)
+    assert choice.model_extra["prompt_tokens"] == len(ids)
 
 
 def test_chat_fields_max_completion_tokens_logprobs_parts(client, model_id):
@@ -50,7 +50,7 @@ def test_completion_stream_equals_the_full_answer_with_usage(client, model_id):
     assert text == full.choices[0].text
     finals = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [f.finish_reason for f in finals] == [full.choices[0].finish_reason]
-    assert finals[0].model_extra["kv"]["prompt_tokens"] == full.usage.prompt_tokens
+    assert finals[0].model_extra["prompt_tokens"] == full.usage.prompt_tokens
     assert (
         chunks[-1].choices == []
         and chunks[-1].usage.completion_tokens == full.usage.completion_tokens

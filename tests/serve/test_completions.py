@@ -118,14 +118,14 @@ def test_max_tokens_is_capped_by_the_context(client, model_id, tok):
 def test_kv_budget_is_applied_and_reported(client, model_id, tok):
     ids = (tok.encode("the cat sat on a mat and the dog ran ") * 10)[:60]
     kw = dict(model=model_id, prompt=ids, max_tokens=4, temperature=0)
-    full = client.completions.create(**kw).choices[0].model_extra["kv"]
-    assert full["policy"] == "full" and full["prompt_tokens"] == 60
-    assert full["retained"] == [60] * len(full["retained"]) and len(full["retained"]) == 2
+    full = client.completions.create(**kw).choices[0].model_extra
+    assert full["kv_policy"] == "full" and full["prompt_tokens"] == 60
+    assert full["kv_retained"] == [60, 60]  # per layer
     for extra in ({"kv_policy": "snapkv", "kv_budget": 0.25},
                   {"extra_body": {"kv_policy": "streamingllm", "kv_budget": 0.25, "kv_sinks": 2}}):  # fmt: skip
-        kv = client.completions.create(**kw, extra_body=extra).choices[0].model_extra["kv"]
-        assert kv["budget"] == 0.25 and kv["prompt_tokens"] == 60
-        assert all(r == math.ceil(0.25 * 60) for r in kv["retained"]), kv
+        kv = client.completions.create(**kw, extra_body=extra).choices[0].model_extra
+        assert kv["kv_budget"] == 0.25 and kv["prompt_tokens"] == 60
+        assert kv["kv_retained"] == [math.ceil(0.25 * 60)] * 2, kv
 
 
 def test_tokenizer_routes_match_the_completion_prompt(server, tok):
