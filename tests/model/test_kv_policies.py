@@ -245,7 +245,9 @@ def reference_pool(scores, kernel, pooling):
     return out
 
 
-@pytest.mark.parametrize(("kernel", "pooling"), [(1, "avg"), (5, "avg"), (5, "max"), (4, "avg")])
+@pytest.mark.parametrize(
+    ("kernel", "pooling"), [(1, "avg"), (2, "max"), (5, "avg"), (5, "max"), (4, "avg")]
+)
 def test_snapkv_selection_equals_the_reference(kernel, pooling):
     n, w, budget = 30, 6, 0.5
     keys, queries = rand_kq(n, w, seed=11)
@@ -448,3 +450,100 @@ def test_masked_reference_agrees_with_plain_forward_when_everything_is_kept():
     with torch.no_grad():
         torch.testing.assert_close(expect, model(ids)[0, -1], atol=1e-5, rtol=1e-5)
     assert F.softmax(expect, -1).sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+# ---- smaller contracts: defaults, validation, seeds, devices, blocks ---------------------------
+
+
+def test_scores_built_in_blocks_equal_one_block(monkeypatch):
+    import lmlab.model.kv_policies as kv_policies
+
+    keys, queries = rand_kq(14, 10, seed=4)
+    whole = attention_scores(queries, keys, reduce="sum")
+    monkeypatch.setattr(kv_policies, "_SCORE_BLOCK", 3)  # 4 blocks of queries: 3 + 3 + 3 + 1
+    torch.testing.assert_close(attention_scores(queries, keys, reduce="sum"), whole)
+    torch.testing.assert_close(whole, reference_scores(queries, keys, "sum"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["full", "snapkv", "streamingllm", "h2o", "random"])
+def test_policies_choose_on_the_keys_device(name):
+    # "meta" tensors have no data: an index built on another device fails to combine with them
+    keys = torch.empty(L, HKV, 20, D, device="meta")
+    queries = torch.empty(L, H, 20 if name == "h2o" else 6, D, device="meta")
+    idx = make_policy(name, 0.5, window=6, kernel=3).select(keys, queries, 0)
+    assert idx.device.type == "meta" and idx.shape == (L, HKV, 20 if name == "full" else 10)
+    small = make_policy(name, 0.2, window=6).select(keys, queries, 0)  # snapkv: k <= window
+    assert small.device.type == "meta"
+    assert attention_scores(queries, keys).device.type == "meta"
+
+
+def test_full_policy_keeps_every_position_and_records_its_budget():
+    keys, _ = rand_kq(9, 0)
+    policy = make_policy("full", 0.5)
+    assert policy.budget == 0.5 and policy.kept_length(9) == 9
+    assert policy.select(keys, keys[:, :0], 0).tolist() == [[list(range(9))] * HKV] * L
+
+
+def test_make_policy_defaults_are_the_generation_defaults():
+    cfg = GenerationConfig()
+    snap = make_policy("snapkv", 0.5)
+    assert (snap.window, snap.kernel, snap.pooling) == (cfg.kv_window, cfg.kv_kernel, "avg")
+    assert cfg.kv_pooling == "avg"
+    assert make_policy("streamingllm", 0.5).sinks == cfg.kv_sinks == 4
+    assert make_policy("random", 0.5).seed == cfg.seed == 0
+    assert snap.query_window == 32 and make_policy("h2o", 0.5).query_window == -1
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        (dict(window=0), "window=0"),
+        (dict(kernel=0), "kernel=0"),
+        (dict(sinks=-1), "sinks=-1"),
+    ],
+)
+def test_bad_policy_options_are_one_line_errors(options, shown):
+    from lmlab.errors import LmlabError
+
+    with pytest.raises(LmlabError) as err:
+        make_policy("snapkv", 0.5, **options)
+    assert str(err.value).startswith("KV options need window >= 1, kernel >= 1, sinks >= 0")
+    assert shown in str(err.value)
+    with pytest.raises(LmlabError, match=r"unknown KV pooling 'mean' \(choose from avg, max\)"):
+        make_policy("snapkv", 0.5, pooling="mean")
+    edge = make_policy("snapkv", 0.5, window=1, kernel=1, sinks=0)  # the smallest legal values
+    assert (edge.window, edge.kernel) == (1, 1)
+
+
+def test_row_seeds_are_distinct_and_valid_generator_seeds():
+    from lmlab.model.kv import row_seed
+
+    seeds = {row_seed(s, r) for s in range(5) for r in range(200)}
+    assert len(seeds) == 1000
+    for s in (0, 1, 2**62, 2**63 - 2, 10**30):
+        for r in range(3):
+            value = row_seed(s, r)
+            assert 0 <= value < 2**63 - 1
+            torch.Generator().manual_seed(value)
+
+
+def test_snapkv_uses_only_its_window_of_the_recorded_queries():
+    keys, queries = rand_kq(24, 10, seed=6)
+    policy = make_policy("snapkv", 0.5, window=4, kernel=1)
+    assert torch.equal(policy.select(keys, queries, 0), policy.select(keys, queries[:, :, -4:], 0))
+    scores = reference_scores(queries[:, :, -4:], keys)[..., :20]
+    expect = torch.cat([scores.topk(8, -1).indices, torch.arange(20, 24).expand(L, HKV, 4)], -1)
+    assert policy.select(keys, queries, 0).tolist() == expect.sort(-1).values.tolist()
+
+
+def test_h2o_does_not_take_the_recent_tail_twice():
+    # position 0 and the tail attract every query that sees them; the middle repels them all,
+    # so the tail would be among the heavy hitters if it were eligible
+    n, c = 20, torch.ones(D)
+    queries = c.expand(L, H, n, D).clone()
+    keys = -c.expand(L, HKV, n, D).clone()
+    keys[:, :, 0] = c
+    keys[:, :, 16:] = 2 * c
+    idx = make_policy("h2o", 0.4).select(keys, queries, 0)  # k = 8: recent 4 + heavy 4
+    for row in idx.reshape(-1, 8).tolist():
+        assert row == sorted(set(row)) and row[0] == 0 and row[-4:] == [16, 17, 18, 19]
