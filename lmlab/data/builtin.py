@@ -8,11 +8,10 @@ seconds, so a falling loss means something. Built once per LMLAB_HOME and reused
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 from lmlab.errors import LmlabError
-from lmlab.paths import lmlab_home
+from lmlab.paths import atomic_dir, lmlab_home
 
 THINGS = [
     "cat",
@@ -108,10 +107,8 @@ def _build(root: Path, phase: str) -> None:
         corpus = root / "corpus.txt"
         chats = [f"{c[0]['content']} {c[1]['content']}" for c in toy_conversations(500, 7)]
         corpus.write_text("\n".join(toy_documents(1500, 0) + chats) + "\n")
-        tmp = root / ".tmp-tokenizer"
-        shutil.rmtree(tmp, ignore_errors=True)
-        train_tokenizer([corpus], kind="bpe", vocab_size=384, out=tmp, progress=False)
-        tmp.replace(tok_dir)
+        with atomic_dir(tok_dir) as tmp:
+            train_tokenizer([corpus], kind="bpe", vocab_size=384, out=tmp, progress=False)
     tok = load_tokenizer(tok_dir)
     meta = {**tok.meta(), "path": str(tok_dir)}
     kind = "sft" if phase == "sft" else "pretrain"

@@ -57,6 +57,7 @@ class HubDataset:
     splits: tuple[str, ...]  # splits the Hub dataset has
     columns: tuple[str, ...]  # columns the loader needs
     text_ok: bool = False  # whether plain .txt files (one row per line, column "text") fit
+    data_dir: str | None = None  # a subfolder of the Hub repository (e.g. hh-rlhf's subsets)
 
 
 HUB = {
@@ -231,7 +232,9 @@ def open_dataset(
             f"streamed; {_how_to_provide(spec, option)}"
         )
     try:
-        ds = datasets.load_dataset(spec.path, spec.name, split=split, streaming=True)
+        ds = datasets.load_dataset(
+            spec.path, spec.name, data_dir=spec.data_dir, split=split, streaming=True
+        )
     except Exception as e:
         raise SourceUnavailable(
             f"{key}: load_dataset({spec.path!r}, {spec.name!r}) failed: {_first_line(e)}; "

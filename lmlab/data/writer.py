@@ -29,6 +29,7 @@ from lmlab.data.format import (
     shard_stem,
 )
 from lmlab.errors import LmlabError
+from lmlab.paths import atomic_write_text
 
 KINDS = ("pretrain", "sft")
 RESERVED_KEYS = frozenset(
@@ -43,16 +44,6 @@ def validate_tokenizer_meta(meta: Mapping[str, Any], where: str) -> dict:
     if "bos" not in meta["special_ids"]:
         raise LmlabError(f"{where}: tokenizer meta has no 'bos' special id")
     return dict(meta)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -211,7 +202,7 @@ class ShardWriter:
             },
         }
         meta.update(self.extra)
-        write_json_atomic(self.out_dir / META_FILE, meta)
+        atomic_write_text(self.out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
         self._meta = meta
         return meta
 

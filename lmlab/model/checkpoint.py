@@ -13,8 +13,6 @@ leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
+from lmlab.paths import atomic_dir
 
 MODEL_FILE, META_FILE = "model.safetensors", "meta.json"
 OPTIM_TENSORS, OPTIM_JSON = "optim.safetensors", "optim.json"
@@ -74,23 +73,15 @@ def save_checkpoint(
     trainer_state: dict | None = None,
 ) -> Path:
     ckpt_dir = Path(ckpt_dir)
-    tmp = ckpt_dir.parent / f".tmp-{ckpt_dir.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    save_file(state, tmp / MODEL_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    if optimizers is not None:
-        tensors, plain = _flatten_optim(optimizers)
-        save_file(tensors, tmp / OPTIM_TENSORS)
-        plain["trainer"] = trainer_state or {}
-        (tmp / OPTIM_JSON).write_text(json.dumps(plain, default=str))
-    old = ckpt_dir.parent / f".old-{ckpt_dir.name}-{os.getpid()}"
-    if ckpt_dir.exists():
-        os.replace(ckpt_dir, old)
-    os.replace(tmp, ckpt_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(ckpt_dir) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+        save_file(state, tmp / MODEL_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if optimizers is not None:
+            tensors, plain = _flatten_optim(optimizers)
+            save_file(tensors, tmp / OPTIM_TENSORS)
+            plain["trainer"] = trainer_state or {}
+            (tmp / OPTIM_JSON).write_text(json.dumps(plain, default=str))
     return ckpt_dir
 
 

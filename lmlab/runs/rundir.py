@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from lmlab import __version__
 from lmlab.config import config_hash, dump_yaml
 from lmlab.errors import LmlabError
-from lmlab.paths import atomic_write_text, runs_root
+from lmlab.paths import atomic_file, atomic_write_text, runs_root
 from lmlab.runs.lock import LOCK_FILE, DirLock, acquire
 
 # The direction of a metric when nobody names it (a sweep's `mode:`, a recipe's metric modes and
@@ -355,9 +355,8 @@ def write_parquet(rows: list[dict], path: Path) -> None:
 
     frames = [pl.DataFrame([r], strict=False) for r in rows]
     df = pl.concat(frames, how="diagonal_relaxed")
-    tmp = path.with_suffix(".parquet.tmp")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        df.write_parquet(tmp)
 
 
 def summarize(rows: list[dict], modes: dict[str, str] | None = None) -> tuple[dict, dict]:

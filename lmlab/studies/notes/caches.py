@@ -14,8 +14,6 @@ one is reported with how to provide it, and the others are still built.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from lmlab.data.format import DTYPES, META_FILE, dtype_name_for_vocab
 from lmlab.data.shards import ShardWriter
 from lmlab.data.sources import SourceUnavailable
 from lmlab.errors import LmlabError
+from lmlab.paths import atomic_dir
 from lmlab.text.tokenizer import Tokenizer, load_tokenizer
 
 CACHE_VERSION = 1
@@ -186,23 +185,13 @@ def build_cache(job: Job, tok: Tokenizer, tok_meta: dict, opts: BuildOptions) ->
         reason = (
             "forced" if opts.force else (_stale_reason(found[0], key) if found else "unfinished")
         )
-    tmp = path.parent / f".tmp-{job.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        result = _write(job, tmp, tok_meta, key, opts)
+        with atomic_dir(path) as tmp:
+            result = _write(job, tmp, tok_meta, key, opts)
     except SourceUnavailable as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if job.name in opts.explicit:
             raise
         return CacheResult(job.kind, job.name, path, "unavailable", note=str(e))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old_dir = path.parent / f".old-{job.name}-{os.getpid()}"
-    if path.exists():
-        os.replace(path, old_dir)
-    os.replace(tmp, path)
-    shutil.rmtree(old_dir, ignore_errors=True)
     if reason:
         result.state = "rebuilt"
         result.note = "; ".join(x for x in (reason, result.note) if x)

@@ -13,7 +13,6 @@ the same tokenizer; `force` regenerates everything. The manifest is written last
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from lmlab.config import config_hash
 from lmlab.data.shards import ShardWriter
 from lmlab.errors import LmlabError
-from lmlab.paths import atomic_write_text
+from lmlab.paths import atomic_dir, atomic_write_text
 from lmlab.runs.report import heatmap
 from lmlab.runs.rundir import RunDir
 from lmlab.studies.retrieval import buckets as B
@@ -200,15 +199,12 @@ class Generator:
         df = self.samples(corpus)
         text_file = self.out / f".{corpus.name}_tokenizer_corpus.txt"
         text_file.write_text("".join(df.filter(pl.col("part") == "train")["text"].to_list()))
-        tmp = self.out / ".tmp-tokenizer"
-        shutil.rmtree(tmp, ignore_errors=True)
-        train_tokenizer(
-            [text_file], kind="bpe", vocab_size=spec.vocab_size, out=tmp, progress=self.progress
-        )
-        text_file.unlink()
-        _write_json(tmp / "retrieval.json", {"key": key, "corpus": f"{corpus.name}_train"})
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        tmp.replace(tok_dir)
+        with atomic_dir(tok_dir) as tmp:
+            train_tokenizer(
+                [text_file], kind="bpe", vocab_size=spec.vocab_size, out=tmp, progress=self.progress
+            )
+            text_file.unlink()
+            _write_json(tmp / "retrieval.json", {"key": key, "corpus": f"{corpus.name}_train"})
         return load_tokenizer(tok_dir)
 
     # ------------------------------------------------------------------ shards and manifests
