@@ -103,8 +103,8 @@ def report_text(summary: dict, k: int, dim: int) -> str:
 
     lines.append(row("student (best)", lambda m: summary["best"].get(f"vs_teacher_{m}")))
     lines.append(row("student (final)", lambda m: summary["final"].get(f"vs_teacher_{m}")))
+    got = summary["baselines"]
     for name in ("pca", "random", "truncate"):
-        got = summary["baselines"]
         if any(key.startswith(f"baseline_{name}_") for key in got):
             lines.append(row(name, lambda m, n=name: got.get(f"baseline_{n}_vs_teacher_{m}")))
     return "\n".join(lines) + "\n"

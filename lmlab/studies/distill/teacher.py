@@ -138,11 +138,11 @@ def shipped_texts(min_chars: int = 12) -> tuple[list[str], list[str]]:
     from lmlab.data.builtin import toy_conversations, toy_documents
 
     items = []
-    for doc in toy_documents(1500, 0):
+    for doc in toy_documents(4000, 0):
         items += split_sentences(doc, min_chars)
     for conv in toy_conversations(500, 7):
         items += [m["content"] for m in conv]
-    sources = ["lmlab.data.builtin toy corpus (1500 documents, 500 chats)"]
+    sources = ["lmlab.data.builtin toy corpus (4000 documents, 500 chats)"]
     studies = Path(lmlab.__file__).parent / "studies"
     files = sorted(
         f
