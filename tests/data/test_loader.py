@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmlab.data.loader import TokenLoader, count_tokens
 from lmlab.data.shards import ShardDir, ShardWriter
@@ -144,3 +146,167 @@ def test_too_little_data_is_an_error(tmp_path):
     path = make(tmp_path / "tiny", 2, 50, n_docs=1)
     with pytest.raises(LmlabError, match="not enough for one row"):
         TokenLoader({path: 1}, "train", 4096, 2)
+
+
+# ---- branches: accumulation x ranks, long documents, weighted val, resume checks ---------------
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_micro_steps_and_ranks_cut_one_global_batch(two, split):
+    """Micro-step m of rank r holds block m * world + r of the single-process global batch."""
+    src = {two[0]: 0.6, two[1]: 0.4}
+    single = TokenLoader(src, split, 8, 12, seed=4)
+    cut = {
+        r: TokenLoader(src, split, 8, 2, seed=4, rank=r, world_size=3, accum=2) for r in range(3)
+    }
+    assert all(c.global_batch == 12 and c.tokens_per_step == 96 for c in cut.values())
+    for _ in range(2):
+        x, y = single.next_batch()
+        for m in range(2):
+            for r in range(3):
+                xr, yr = cut[r].next_batch()
+                block = slice((m * 3 + r) * 2, (m * 3 + r + 1) * 2)
+                assert torch.equal(xr, x[block]) and torch.equal(yr, y[block]), (m, r)
+
+
+def test_long_documents_are_truncated_to_one_row(tmp_path):
+    ids = np.arange(2, 40)  # one document of 39 tokens with its bos, longer than a row
+    with ShardWriter(tmp_path / "long" / "train", TOK, kind="sft") as w:
+        w.add_document(ids, np.ones(len(ids), dtype=int))
+        w.add_document(np.array([7, 8]), np.ones(2, dtype=int))  # a short one: bos 7 8
+    with ShardWriter(tmp_path / "long" / "val", TOK, kind="sft") as w:
+        w.add_document(np.array([5, 6]), np.ones(2, dtype=int))
+    x, y = TokenLoader({str(tmp_path / "long"): 1}, "train", 10, 16, doc_rows=True).next_batch()
+    rows = {tuple(r.tolist()) for r in x}
+    assert rows == {(0, *range(2, 11)), (0, 7, *[0] * 8)}  # bos + the document, bos padding
+    for row_x, row_y in zip(x, y, strict=True):
+        if row_x[1] == 2:  # the long document: the first seq_len + 1 tokens, shifted
+            assert row_y.tolist() == list(range(2, 12))
+        else:
+            assert row_y.tolist() == [7, 8, *[-1] * 8]
+
+
+def test_val_interleaves_sources_by_weight(tmp_path):
+    """Source s's i-th val window sits at virtual time (i + 0.5) / w_s."""
+    a = make(tmp_path / "a", 2, 500, n_docs=60, shard_tokens=400, seed=1)
+    b = make(tmp_path / "b", 500, 1000, n_docs=60, shard_tokens=400, seed=2)
+    loader = TokenLoader({a: 3, b: 1}, "val", 8, 4)
+    order = torch.cat([x for x, _ in loader.iter_val()])
+    got = ["b" if row.max() >= 500 else "a" for row in order]
+    times = sorted(
+        [((i + 0.5) / 0.75, "a") for i in range(loader.sources[0].n_rows)]
+        + [((i + 0.5) / 0.25, "b") for i in range(loader.sources[1].n_rows)],
+    )
+    assert got == [s for _, s in times][: len(got)]
+    assert got[:8] == ["a", "a", "b", "a", "a", "a", "b", "a"]
+    # the windows of each source come in file order
+    firsts = [row for row, s in zip(order, got, strict=True) if s == "b"]
+    again = TokenLoader({b: 1}, "val", 8, 1)
+    assert all(torch.equal(r, again.next_batch()[0][0]) for r in firsts)
+
+
+def test_val_pass_length_and_max_batches(tmp_path):
+    path = make(tmp_path / "m", 2, 1000, n_docs=30, shard_tokens=300)
+    loader = TokenLoader({path: 1}, "val", 8, 4, accum=2)
+    n_rows = loader.sources[0].n_rows
+    assert loader.num_val_batches == max(1, n_rows // 8)
+    assert len(list(loader.iter_val())) == 2 * loader.num_val_batches
+    assert len(list(loader.iter_val(max_batches=1))) == 2
+    assert loader.step == 0
+    with pytest.raises(ValueError, match="split='val'"):
+        _ = TokenLoader({path: 1}, "train", 8, 4).num_val_batches
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (dict(batch_size=8), "global_batch=8 but this loader has global_batch=16"),
+        (dict(accum=2), "global_batch=8 but this loader has global_batch=16"),
+        (dict(seq_len=16), "seq_len=8 but this loader has seq_len=16"),
+        (dict(doc_rows=True), "doc_rows=False but this loader has doc_rows=True"),
+        (dict(split="val"), "split='train' but this loader has split='val'"),
+    ],
+)
+def test_resume_refuses_a_different_stream(tmp_path, change, key):
+    path = make(tmp_path / "s", 2, 200, kind="sft", masks=True)
+    base = dict(split="train", seq_len=8, batch_size=4, world_size=2, seed=1)
+    state = TokenLoader({path: 1}, **base).state_dict()
+    with pytest.raises(LmlabError, match=f"loader state: saved with {key}; resuming would not"):
+        TokenLoader({path: 1}, **{**base, **change}).load_state_dict(state)
+    # the same global batch cut differently resumes: the data depends only on the total
+    same = TokenLoader({path: 1}, **{**base, "batch_size": 2, "accum": 2})
+    same.load_state_dict({**state, "step": 3})
+    assert same.step == 3
+
+
+def test_bad_arguments_are_errors(two):
+    for kwargs, msg in [
+        (dict(seq_len=0), "seq_len \\(0\\) and batch_size \\(4\\) must be >= 1"),
+        (dict(batch_size=0), "seq_len \\(8\\) and batch_size \\(0\\) must be >= 1"),
+        (dict(rank=2, world_size=2), "rank 2 is outside world_size 2"),
+        (dict(rank=-1), "rank -1 is outside world_size 1"),
+        (dict(world_size=0), "rank 0 is outside world_size 0"),
+        (dict(accum=0), "accum \\(0\\) must be >= 1"),
+    ]:
+        with pytest.raises(LmlabError, match=msg):
+            TokenLoader({two[0]: 1}, "train", **{"seq_len": 8, "batch_size": 4, **kwargs})
+    for sources, msg in [
+        ({}, "expected a non-empty mapping"),
+        ({two[0]: "x"}, "weight 'x' is not a number"),
+        ({two[0]: float("nan")}, "weight nan must be positive"),
+        ({two[0]: -1}, "weight -1.0 must be positive"),
+    ]:
+        with pytest.raises(LmlabError, match=msg):
+            TokenLoader(sources, "train", 8, 4)
+    assert TokenLoader(two[0], "train", 8, 4).weights == {two[0]: 1.0}  # a bare path
+
+
+def test_train_windows_start_anywhere_but_never_cross_a_shard(tmp_path):
+    path = make(tmp_path / "w", 2, 1000, n_docs=40, shard_tokens=200)
+    d = ShardDir(path)
+    shards = [np.asarray(d.tokens(i), dtype=np.int64).tolist() for i in range(d.n_shards - 1)]
+    loader = TokenLoader({path: 1}, "train", 8, 64, seed=2)
+    starts = set()
+    for _ in range(3):
+        x, y = loader.next_batch()
+        for row in torch.cat([x, y[:, -1:]], 1).tolist():
+            hits = [
+                (s, i)
+                for s, toks in enumerate(shards)
+                for i in range(len(toks) - 8)
+                if toks[i : i + 9] == row
+            ]
+            assert hits, row  # a contiguous window of one train shard
+            starts.add(hits[0][1] % 8)
+    assert len(starts) > 4  # not only aligned windows
+
+
+# ---- resume at any step reproduces the rest of the stream (property) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    return {make(root / "a", 2, 500, seed=1): 0.7, make(root / "b", 500, 1000, seed=2): 0.3}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    step=st.integers(0, 12),
+    seed=st.integers(0, 2**40),
+    accum=st.integers(1, 3),
+    split=st.sampled_from(["train", "val"]),
+)
+def test_resume_at_any_step_reproduces_the_rest(mixed, step, seed, accum, split):
+    def loader():
+        return TokenLoader(mixed, split, 8, 2, seed=seed, accum=accum)
+
+    straight = loader()
+    expected = batches(straight, step + 3)[step:]
+    cut = loader()
+    batches(cut, step)
+    resumed = loader()
+    resumed.load_state_dict(json.loads(json.dumps(cut.state_dict())))
+    assert resumed.step == step
+    assert same(batches(resumed, 3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(loader().batch(step), expected[0], strict=True))
