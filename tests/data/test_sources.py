@@ -1,7 +1,10 @@
 """lmlab.data.sources: the real `datasets.load_dataset` streaming loaders, on local files in
 each corpus's Hub schema; and the clear failure when a corpus is not there."""
 
+import http.server
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -157,11 +160,45 @@ def test_unreachable_hub_is_a_clear_error_not_a_hang(monkeypatch):
 
 
 def test_the_hub_probe_gives_up_within_its_timeout(monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1:9")  # unroutable: connect never ends
-    sources._PROBED.clear()
-    started = time.perf_counter()
-    assert sources.hub_reachable(timeout=0.5) is False
-    assert time.perf_counter() - started < 3
+    # a loopback listener that never accepts nor answers: the connection opens, no reply comes
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        sources._PROBED.clear()
+        started = time.perf_counter()
+        assert sources.hub_reachable(timeout=0.5) is False
+        assert time.perf_counter() - started < 3
+        started = time.perf_counter()
+        assert sources.hub_reachable(timeout=0.5) is False  # remembered: not asked again
+        assert time.perf_counter() - started < 0.1
+
+
+def test_the_hub_probe_reports_a_refused_connection_and_a_live_hub(monkeypatch):
+    with socket.socket() as closed:  # bound, not listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        sources._PROBED.clear()
+        assert sources.hub_reachable(timeout=2) is False
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}/")
+        assert sources.hub_reachable(timeout=2) is True
+    finally:
+        server.shutdown()
+        server.server_close()
+        sources._PROBED.clear()
 
 
 def test_bad_local_copies_name_what_is_wrong(tmp_path):
