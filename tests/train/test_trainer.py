@@ -13,6 +13,7 @@ from lmlab.model.checkpoint import load_model, read_meta
 from lmlab.runs.rundir import read_metrics, read_status
 from lmlab.train.config import TrainConfig
 from lmlab.train.lm import train
+from tests.fixtures.ports import free_port
 from tests.train.conftest import tiny_sets
 
 
@@ -174,7 +175,7 @@ def test_ddp_two_processes_match_single(toy_data, tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(free_port()),
             "-m",
             "lmlab",
             "train",
