@@ -60,6 +60,12 @@ def train(
         spm_model_type=spm_model_type.value,
     )
     info = tok.training_info or {}
+    if tok.vocab_size < vocab_size:  # BPE stops when no pair of tokens is left to merge
+        typer.echo(
+            f"note: the corpus supports {tok.vocab_size} tokens, fewer than the {vocab_size} "
+            "asked (no pair was left to merge); more text gives a larger vocabulary",
+            err=True,
+        )
     typer.echo(f"saved {tok.kind} tokenizer to {out}")
     typer.echo(f"  vocab size   {tok.vocab_size} (asked {vocab_size})")
     typer.echo(f"  hash         {tok.hash}")

@@ -67,3 +67,34 @@ def test_help_has_examples():
     for verb in ("train", "info"):
         result = runner.invoke(app, [verb, "--help"])
         assert result.exit_code == 0 and "Example: lmlab tokenizer" in result.output
+
+
+def test_bytes_that_are_not_utf8_are_reported_per_file(tmp_path, lmlab_cli):
+    make_corpus(tmp_path)
+    bad = tmp_path / "notes" / "latin1.md"
+    bad.write_bytes("café crème brûlée\n".encode("latin-1") * 3)  # é è û é: 12 bytes in all
+    out = tmp_path / "tok"
+    proc = lmlab_cli(
+        "tokenizer",
+        "train",
+        "--input-glob",
+        f"{tmp_path}/notes/**/*.md",
+        "--vocab-size",
+        "290",
+        "--out",
+        out,
+        check=0,
+    )
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {bad}: 12 byte(s) are not UTF-8; replaced with U+FFFD"]
+    assert "3/3" in proc.stderr  # the reading bar counts the files it read
+    assert "note: the corpus supports" not in proc.stderr
+
+
+def test_a_vocabulary_the_corpus_cannot_fill_is_reported(tmp_path, lmlab_cli):
+    make_corpus(tmp_path)
+    args = ["tokenizer", "train", "--input-glob", f"{tmp_path}/notes/**/*.md"]
+    proc = lmlab_cli(*args, "--vocab-size", "4000", "--out", tmp_path / "tok", check=0)
+    got = load_tokenizer(tmp_path / "tok").vocab_size
+    assert got < 4000
+    assert f"note: the corpus supports {got} tokens, fewer than the 4000 asked" in proc.stderr

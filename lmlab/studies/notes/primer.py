@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.text.corpus import read_text_file
 
 DIALOGUE_DELIM = "\n\n<dialogue>\n\n"
 _DELIM_LINE = re.compile(r"^[ \t]*<dialogue>[ \t]*$")
@@ -52,10 +53,7 @@ def load_primer(path: str | Path) -> Primer:
     path = Path(path).expanduser()
     if not path.is_file():
         raise LmlabError(f"primer file not found: {path} (pass --primer FILE)")
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise LmlabError(f"cannot read {path}: {e.strerror or e}") from None
+    text = read_text_file(path)  # warns, naming the file, about bytes that are not UTF-8
     return parse_primer(text, str(path))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lmlab.data.sources import stable_fraction
 from lmlab.errors import LmlabError
+from lmlab.text.corpus import read_text_file
 
 _BLOCK_REF = re.compile(r"\(\([\w-]{4,}\)\)")
 _EMBED = re.compile(r"\{\{[^{}]*\}\}")
@@ -125,10 +126,7 @@ def load_pages(root: str | Path) -> list[Page]:
     root = Path(root).expanduser()
     pages = []
     for f in find_pages(root):
-        try:
-            raw = f.read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise LmlabError(f"cannot read {f}: {e.strerror or e}") from None
+        raw = read_text_file(f)  # warns, naming the file, about bytes that are not UTF-8
         text = clean_page(raw, title=f.stem)
         if text:
             pages.append(Page(f.relative_to(root), text))
