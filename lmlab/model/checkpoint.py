@@ -20,16 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmlab.errors import LmlabError
-from lmlab.model.config import ModelConfig
+from lmlab.model.registry import arch_of, build_model, unwrap
 from lmlab.paths import atomic_dir
 
 MODEL_FILE, META_FILE = "model.safetensors", "meta.json"
 OPTIM_TENSORS, OPTIM_JSON = "optim.safetensors", "optim.json"
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
+_unwrap = unwrap  # DDP and torch.compile wrappers
 
 
 def _flatten_optim(opts: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
@@ -117,16 +115,19 @@ def read_meta(ckpt: str | Path) -> dict:
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu"):
-    """(model, meta) from a checkpoint or run directory."""
-    from lmlab.model.gpt import GPT
-
+    """(model, meta) from a checkpoint or run directory, built as the class it was saved as
+    (meta["arch"]; a GPT for older checkpoints)."""
     ckpt = resolve_checkpoint(ckpt)
     meta = read_meta(ckpt)
-    cfg = ModelConfig.model_validate(meta["model"])
-    model = GPT(cfg)
+    try:
+        model = build_model(arch_of(meta))
+    except (ValueError, KeyError) as e:  # pydantic's ValidationError is a ValueError
+        raise LmlabError(
+            f"{ckpt / META_FILE}: invalid architecture ({e})".splitlines()[0]
+        ) from None
     state = _load_tensors(ckpt / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("rope_")]  # buffers rebuilt from config
+    missing = [k for k in missing if "rope_" not in k]  # buffers rebuilt from config
     if missing or unexpected:
         raise LmlabError(
             f"{ckpt}: weights do not match the config (missing {missing[:3]}, "

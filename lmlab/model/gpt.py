@@ -37,7 +37,9 @@ class RMSNorm(nn.Module):
 
 def rotary_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for positions 0..seq_len-1, shape [seq_len, head_dim / 2]."""
-    inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+    inv_freq = cfg.rope_theta ** (
+        -torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim
+    )
     freqs = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)
     return freqs.cos(), freqs.sin()
 
@@ -129,7 +131,9 @@ class MLP(nn.Module):
         super().__init__()
         self.kind = cfg.mlp
         self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
-        self.c_gate = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False) if cfg.mlp == "swiglu" else None
+        self.c_gate = (
+            nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False) if cfg.mlp == "swiglu" else None
+        )
         self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +156,12 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The language model. `with_lm_head=False` builds a backbone (reward models, encoders) whose
+    `hidden()` is its output: no unused output layer, so DDP sees a gradient for every weight."""
+
+    arch_name = "gpt"
+
+    def __init__(self, cfg: ModelConfig, with_lm_head: bool = True):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -161,9 +170,9 @@ class GPT(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_out = RMSNorm(cfg.n_embd, cfg.norm_weight, cfg.norm_eps)
-        self.lm_head = (
-            None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        )
+        untied = with_lm_head and not cfg.tie_embeddings
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False) if untied else None
+        self.has_lm_head = with_lm_head
         cos, sin = rotary_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -176,10 +185,11 @@ class GPT(nn.Module):
         cfg = self.cfg
         std = cfg.init_std if cfg.init_std is not None else cfg.n_embd**-0.5
         bound = math.sqrt(3.0) * std
-        if self.lm_head is None:
+        if cfg.tie_embeddings:
             nn.init.normal_(self.wte.weight, std=cfg.n_embd**-0.5)
         else:
             nn.init.normal_(self.wte.weight, std=cfg.embed_init_std)
+        if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, std=cfg.lm_head_init_std)
         for block in self.blocks:
             a, m = block.attn, block.mlp
@@ -199,16 +209,9 @@ class GPT(nn.Module):
         self.rope_cos.copy_(rotary_tables(cfg)[0])
         self.rope_sin.copy_(rotary_tables(cfg)[1])
 
-    def forward(
-        self,
-        ids: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        loss_reduction: Literal["mean", "sum", "none"] = "mean",
-        last_only: bool = False,
-    ) -> torch.Tensor:
-        """ids [B, T] -> logits [B, T, V] float32 (or [B, 1, V] with last_only), or with targets the
-        cross-entropy (ignore_index=-1): a scalar for "mean"/"sum", [B, T] for "none"."""
+    def hidden(self, ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """ids [B, T] -> the final normalised hidden states [B, T, n_embd] (what the output layer,
+        a reward head or a pooled encoder read)."""
         B, T = ids.shape
         if kv_cache is None:
             if T > self.cfg.seq_len:
@@ -231,15 +234,33 @@ class GPT(nn.Module):
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = self.norm_out(x)
-        if last_only:
-            x = x[:, -1:]
+        return self.norm_out(x)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., n_embd] -> float32 logits [..., V], soft-capped."""
+        if not self.has_lm_head:
+            raise LmlabError("this GPT is a backbone without a language-model head")
         weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight).float()
+        logits = F.linear(h, weight).float()
         if self.cfg.softcap is not None:
             cap = self.cfg.softcap
             logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        loss_reduction: Literal["mean", "sum", "none"] = "mean",
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V] float32 (or [B, 1, V] with last_only), or with targets the
+        cross-entropy (ignore_index=-1): a scalar for "mean"/"sum", [B, T] for "none"."""
+        x = self.hidden(ids, kv_cache)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.logits(x)
         if targets is None:
             return logits
         loss = F.cross_entropy(
@@ -249,6 +270,15 @@ class GPT(nn.Module):
             reduction=loss_reduction,
         )
         return loss.view(targets.shape) if loss_reduction == "none" else loss
+
+    # ---- the trainer's model protocol ---------------------------------------------------------
+    def arch(self) -> dict:
+        """What a checkpoint records to build this model back (see model/registry.py)."""
+        return {"class": self.arch_name, "config": self.cfg.model_dump(mode="json")}
+
+    @classmethod
+    def from_arch(cls, arch: dict) -> GPT:
+        return cls(ModelConfig.model_validate(arch["config"]))
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def num_params(self) -> int:

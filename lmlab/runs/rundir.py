@@ -108,6 +108,7 @@ class RunDir:
         # the status of a finished run found by `create`; kept on disk until new work is logged
         self.previous_status: dict | None = None
         self._reopened = False
+        self.metric_modes: dict[str, str] = {}  # a recipe's explicit directions (best/min/max)
 
     # -- layout
     @property
@@ -243,7 +244,7 @@ class RunDir:
         rows = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
         if rows:
             write_parquet(rows, self.path / "metrics.parquet")
-        final, best = summarize(rows, modes)
+        final, best = summarize(rows, {**self.metric_modes, **(modes or {})})
         status = {
             "state": state,
             "run_id": self.id,

@@ -63,6 +63,6 @@ def train_command(
         list_profiles=list_profiles,
         profile_dirs=C.profile_dirs(),
     )
-    from lmlab.train.lm import train
+    from lmlab.train.run import train
 
     train(cfg, run_dir=run_dir, resume=resume)

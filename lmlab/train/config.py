@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +39,12 @@ class OptimConfig(Strict):
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0, description="Max grad norm; 0 turns clipping off.")
     muon_momentum: float = Field(0.95, ge=0, lt=1)
+    lr_ref_width: int | None = Field(
+        768,
+        ge=1,
+        description="Width the AdamW rates are quoted at: a model of width d uses lr*(d/ref)**-0.5 "
+        "for its AdamW groups (nanochat's rule; Muon rates are not scaled). None: no scaling.",
+    )
 
 
 class ScheduleConfig(Strict):
@@ -55,6 +61,10 @@ NOT_IN_RUN_ID = ("device", "progress")
 
 class TrainConfig(Strict):
     name: str = Field("train", description="Run name; the run id is <name>-<hash8>.")
+    recipe: str = Field("lm", description="What to train: lm (pretrain/SFT) or a study's recipe.")
+    recipe_args: dict[str, Any] = Field(
+        default_factory=dict, description="The recipe's own options (validated by the recipe)."
+    )
     phase: Literal["pretrain", "sft"] = "pretrain"
     seed: int = 0
     steps: int = Field(100, ge=1, description="Optimizer steps.")
@@ -83,7 +93,19 @@ class TrainConfig(Strict):
             raise ValueError(
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds steps ({self.steps})"
             )
+        # the recipe validates its own arguments; what runs (and what the run id hashes) is the
+        # full set with defaults. LmlabError passes through pydantic as a one-line error.
+        from lmlab.train.recipes import get_recipe
+
+        args = get_recipe(self.recipe).parse_args(self.recipe_args)
+        self.__dict__["recipe_args"] = {} if args is None else args.model_dump(mode="json")
         return self
+
+    def args(self) -> Any:
+        """The recipe's arguments as its pydantic model (None for a recipe without any)."""
+        from lmlab.train.recipes import get_recipe
+
+        return get_recipe(self.recipe).parse_args(self.recipe_args)
 
     @property
     def sft(self) -> bool:

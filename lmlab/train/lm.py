@@ -1,4 +1,4 @@
-"""The language-modelling recipe (pretrain and SFT): setup, train through the one loop, clean up."""
+"""The language-modelling recipe (pretrain and SFT), the first recipe on the one loop."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from lmlab.model.checkpoint import load_model, read_meta
 from lmlab.model.gpt import GPT
 from lmlab.runs.rundir import RunDir
 from lmlab.text.tokenizer import Tokenizer, load_tokenizer
-from lmlab.train.config import NOT_IN_RUN_ID, TrainConfig
-from lmlab.train.dist import Dist, init_distributed, shutdown
-from lmlab.train.trainer import Trainer
+from lmlab.train.config import TrainConfig
+from lmlab.train.dist import Dist
+from lmlab.train.recipes import Recipe, RecipeParts, RunContext, register_recipe
 
 
 def lm_objective(model, batch) -> tuple[torch.Tensor, dict]:
@@ -93,83 +93,78 @@ def _tokenizer_for(sources: dict[str, float], tok_dir: str | None) -> Tokenizer:
     return load_tokenizer(meta["path"])
 
 
-def prepare(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, float], Tokenizer, dict | None]:
-    """Resolve data, tokenizer and starting weights into the config that will really run."""
-    sources, tok_dir = resolve_sources(cfg)
-    tok = _tokenizer_for(sources, tok_dir)
-    init_meta = None
-    model_cfg = cfg.model.model_copy(update={"vocab_size": tok.vocab_size})
-    if cfg.init_from:
-        init_meta = read_meta(cfg.init_from)
-        want = (init_meta.get("tokenizer") or {}).get("hash")
-        if want and want != tok.hash:
-            raise LmlabError(
-                f"init_from {cfg.init_from} was trained with tokenizer {want} but the "
-                f"data uses {tok.hash}"
+class LMRecipe(Recipe):
+    """Next-token prediction on token shards; SFT (phase=sft) masks the loss to answers."""
+
+    name = "lm"
+    description = "pretrain or SFT a GPT on token shards"
+
+    def prepare(self, cfg: TrainConfig, args):
+        """Resolve data, tokenizer and starting weights into the config that will really run."""
+        sources, tok_dir = resolve_sources(cfg)
+        tok = _tokenizer_for(sources, tok_dir)
+        init_meta = None
+        model_cfg = cfg.model.model_copy(update={"vocab_size": tok.vocab_size})
+        if cfg.init_from:
+            init_meta = read_meta(cfg.init_from)
+            want = (init_meta.get("tokenizer") or {}).get("hash")
+            if want and want != tok.hash:
+                raise LmlabError(
+                    f"init_from {cfg.init_from} was trained with tokenizer {want} but the "
+                    f"data uses {tok.hash}"
+                )
+            # the architecture comes from the checkpoint; the context may differ (rotary allows it)
+            model_cfg = model_cfg.model_validate(
+                {**init_meta["model"], "seq_len": cfg.model.seq_len}
             )
-        # the architecture comes from the checkpoint; the context may differ (rotary allows it)
-        model_cfg = model_cfg.model_validate({**init_meta["model"], "seq_len": cfg.model.seq_len})
-    cfg = cfg.model_copy(update={"model": model_cfg})
-    return cfg, sources, tok, init_meta
+        cfg = cfg.model_copy(update={"model": model_cfg})
+        return cfg, tok, {"sources": sources, "init_meta": init_meta}
+
+    def build(self, ctx: RunContext) -> RecipeParts:
+        cfg, dist, tok = ctx.cfg, ctx.dist, ctx.tokenizer
+        sources, init_meta = ctx.prepared["sources"], ctx.prepared["init_meta"]
+        model = GPT(cfg.model)
+        if cfg.init_from:
+            start, _ = load_model(cfg.init_from)
+            model.load_state_dict(start.state_dict())
+        sft = cfg.sft
+        use_mask = cfg.data.use_mask if cfg.data.use_mask is not None else sft
+        doc_rows = cfg.data.doc_rows if cfg.data.doc_rows is not None else sft
+        common = dict(
+            seq_len=cfg.model.seq_len,
+            batch_size=cfg.micro_batch,
+            seed=cfg.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            expected_tokenizer_hash=tok.hash,
+            expected_from="tokenizer",
+            use_mask=use_mask,
+            doc_rows=doc_rows,
+        )
+        train_data = TokenLoader(sources, "train", accum=cfg.accum_steps(dist.world_size), **common)
+        val_data = TokenLoader(cfg.data.val_sources or sources, "val", **common)
+        evaluate = make_evaluator(
+            val_data, dist, token_bytes(tok, cfg.model.vocab_size), cfg.eval_batches
+        )
+        meta = {
+            "num_params": model.num_params(),
+            "init_from": cfg.init_from,
+            "init_step": (init_meta or {}).get("step"),
+        }
+        return RecipeParts(model, lm_objective, train_data, evaluate, ("val_loss", "min"), meta)
+
+
+register_recipe(LMRecipe())
+
+
+def prepare(cfg: TrainConfig):
+    """(cfg, sources, tokenizer, init_meta): the LM recipe's resolution (kept for callers)."""
+    cfg, tok, prepared = LMRecipe().prepare(cfg, None)
+    return cfg, prepared["sources"], tok, prepared["init_meta"]
 
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) -> RunDir:
-    dist = init_distributed(cfg.device)
-    try:
-        cfg, sources, tok, init_meta = prepare(cfg)
-        run = RunDir.create(
-            cfg,
-            name=cfg.name,
-            run_dir=run_dir,
-            fresh=not resume,
-            is_main=dist.is_main,
-            exclude=NOT_IN_RUN_ID,
-        )
-        dist.barrier()
-        if dist.is_main and not (run.path / "tokenizer").exists():
-            tok.save(run.path / "tokenizer")
-        with run.running():
-            torch.manual_seed(cfg.seed)
-            model = GPT(cfg.model)
-            if cfg.init_from:
-                start, _ = load_model(cfg.init_from)
-                model.load_state_dict(start.state_dict())
-            model.to(dist.device)
-            sft = cfg.sft
-            use_mask = cfg.data.use_mask if cfg.data.use_mask is not None else sft
-            doc_rows = cfg.data.doc_rows if cfg.data.doc_rows is not None else sft
-            common = dict(
-                seq_len=cfg.model.seq_len,
-                batch_size=cfg.micro_batch,
-                seed=cfg.seed,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                expected_tokenizer_hash=tok.hash,
-                expected_from="tokenizer",
-                use_mask=use_mask,
-                doc_rows=doc_rows,
-            )
-            train_data = TokenLoader(
-                sources, "train", accum=cfg.accum_steps(dist.world_size), **common
-            )
-            val_data = TokenLoader(cfg.data.val_sources or sources, "val", **common)
-            evaluate = make_evaluator(
-                val_data, dist, token_bytes(tok, cfg.model.vocab_size), cfg.eval_batches
-            )
-            meta = {
-                "tokenizer": tok.meta(),
-                "tokenizer_dir": str(run.path / "tokenizer"),
-                "num_params": model.num_params(),
-                "init_from": cfg.init_from,
-                "init_step": (init_meta or {}).get("step"),
-            }
-            trainer = Trainer(cfg, model, lm_objective, train_data, run, dist, evaluate, meta)
-            final = trainer.fit(resume=resume)
-            if dist.is_main:
-                print(
-                    f"done: {run.path} step {trainer.step} "
-                    + " ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val"))
-                )
-        return run
-    finally:
-        shutdown(dist)
+    """Train through the one entry (`lmlab.train.run.train`); kept for callers of the LM recipe."""
+    from lmlab.train.run import train as run_train
+
+    return run_train(cfg, run_dir=run_dir, resume=resume)

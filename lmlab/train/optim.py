@@ -15,6 +15,7 @@ def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     Every group remembers its peak lr as `initial_lr` so the schedule scales it each step.
     """
     groups = model.param_groups()
+    scale = width_lr_scale(model, cfg)
     lrs = {
         "embedding": cfg.embedding_lr or cfg.lr,
         "lm_head": cfg.head_lr or cfg.lr,
@@ -23,7 +24,7 @@ def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     }
     adam_names = ["embedding", "lm_head", "other"] + ([] if cfg.name == "muon" else ["matrix"])
     adam_groups = [
-        {"params": groups[n], "lr": lrs[n], "initial_lr": lrs[n], "name": n}
+        {"params": groups[n], "lr": lrs[n] * scale, "initial_lr": lrs[n] * scale, "name": n}
         for n in adam_names
         if groups[n]
     ]
@@ -50,6 +51,15 @@ def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
             )
         )
     return opts
+
+
+def width_lr_scale(model, cfg: OptimConfig) -> float:
+    """(width / lr_ref_width) ** -0.5 for the AdamW groups, so that a change of depth (and so of
+    width) keeps the effective rates in proportion (nanochat); 1 without a width or a reference."""
+    width = getattr(getattr(model, "cfg", None), "n_embd", None)
+    if cfg.lr_ref_width is None or not width:
+        return 1.0
+    return (width / cfg.lr_ref_width) ** -0.5
 
 
 def lr_factor(step: int, total: int, cfg: ScheduleConfig) -> float:

@@ -1,9 +1,13 @@
 """The one training loop. Every objective (lm, sft, reward, dpo, grpo, distill) plugs in here.
 
-An objective is a plain function `(model, batch) -> (loss, metrics)`; the data is any object
-with `next_batch()`, `state_dict()` and `load_state_dict()`; evaluation is a function
-`(model) -> metrics`. The loop owns optimizers, schedule, accumulation, clipping, autocast,
-checkpoints, exact resume, DDP and the progress bar.
+An objective is a plain function `(model, batch) -> (loss, metrics)` (a loss already averaged:
+the step averages micro-steps and ranks), or `-> (loss_sum, metrics, weight)`: the step's loss is
+then the sum of loss_sum over every micro-step and rank divided by the sum of weight (token-level
+normalisation; the gradients are rescaled once the step's total weight is known). The data is
+any object with `next_batch()`, `state_dict()` and `load_state_dict()`; evaluation is a function
+`(model) -> metrics`. The model is anything with the protocol of `model/registry.py`. The loop
+owns optimizers, schedule, accumulation, clipping, autocast, checkpoints, exact resume, DDP and
+the progress bar. Recipes (`recipes.py`) build what goes in.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ from tqdm.auto import tqdm
 from lmlab import __version__
 from lmlab.errors import LmlabError
 from lmlab.model.checkpoint import load_training_state, save_checkpoint
+from lmlab.model.registry import unwrap
 from lmlab.runs.rundir import RunDir
 from lmlab.train.config import TrainConfig
 from lmlab.train.dist import Dist
 from lmlab.train.mfu import peak_flops
 from lmlab.train.optim import build_optimizers, lr_factor, set_lr
 
-Objective = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+Objective = Callable[
+    [torch.nn.Module, Any], tuple
+]  # (loss, metrics) or (loss_sum, metrics, weight)
 
 
 class Batches(Protocol):
@@ -96,9 +103,11 @@ class Trainer:
     def save(self, tag: str, metrics: dict, with_optimizer: bool) -> None:
         if not self.dist.is_main:
             return
+        arch = unwrap(self.model).arch()
         meta = {
             **self.ckpt_meta,
-            "model": self.cfg.model.model_dump(mode="json"),
+            "arch": arch,
+            "model": arch.get("config"),
             "step": self.step,
             "metrics": metrics,
             "phase": self.cfg.phase,
@@ -150,28 +159,52 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def train_step(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        tokens = 0
+        tokens, loss_sum, weight = 0, 0.0, 0.0
+        weighted: bool | None = None
         for micro in range(self.accum):
             batch = to_device(self.data.next_batch(), self.dist.device)
             sync = micro == self.accum - 1 or not self.dist.enabled
             ctx = contextlib.nullcontext() if sync else self.net.no_sync()
             with ctx:
                 with self.autocast():
-                    loss, metrics = self.objective(self.net, batch)
+                    out = self.objective(self.net, batch)
+                loss, metrics = out[0], dict(out[1])
+                if weighted is None:
+                    weighted = len(out) == 3
+                elif weighted != (len(out) == 3):
+                    raise LmlabError(
+                        "the objective must return a weight on every micro-step or none"
+                    )
                 if not torch.isfinite(loss):
                     raise LmlabError(
                         f"loss is {loss.item()} at step {self.step}: training diverged "
                         "(lower optim.lr, or check the data)"
                     )
-                scaled = loss / self.accum
+                # a weighted loss is a sum: its gradient is divided by the step's total weight below
+                scaled = loss if weighted else loss / self.accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             tokens += int(metrics.pop("tokens", 0))
-            totals["loss"] = totals.get("loss", 0.0) + loss.item() / self.accum
+            if weighted:
+                loss_sum += loss.item()
+                weight += float(out[2])
+            else:
+                totals["loss"] = totals.get("loss", 0.0) + loss.item() / self.accum
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.accum
         if self.scaler:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
+        if weighted:
+            step_sums = torch.tensor(
+                [loss_sum, weight], dtype=torch.float64, device=self.dist.device
+            )
+            self.dist.all_sum(step_sums)
+            total_loss, total_weight = step_sums.tolist()
+            # DDP averaged the ranks' gradients; the step wants their sum over the total weight
+            factor = self.dist.world_size / total_weight if total_weight > 0 else 0.0
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(factor)
         if self.cfg.optim.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             totals["grad_norm"] = norm.item()
@@ -184,16 +217,19 @@ class Trainer:
             self.scaler.update()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        out = {k: self.dist.all_mean(v) for k, v in totals.items()}
-        out["tokens"] = tokens * self.dist.world_size
-        return out
+        out_metrics = {k: self.dist.all_mean(v) for k, v in totals.items()}
+        if weighted:
+            out_metrics["loss"] = total_loss / total_weight if total_weight > 0 else 0.0
+            out_metrics["loss_weight"] = total_weight
+        out_metrics["tokens"] = tokens * self.dist.world_size
+        return out_metrics
 
     def fit(self, resume: bool = True) -> dict[str, float]:
         cfg = self.cfg
         if resume and self.maybe_resume() and self.dist.is_main:
             print(f"resumed from {self.run.checkpoints / 'latest'} at step {self.step}")
         self.model.train()
-        flops_per_token = self.model.flops_per_token(cfg.model.seq_len)
+        flops_per_token = unwrap(self.model).flops_per_token(cfg.model.seq_len)
         peak = cfg.peak_flops or peak_flops(self.dist.device.type, cfg.dtype)
         bar = tqdm(
             total=cfg.steps,

@@ -195,8 +195,12 @@ def to_train_config(
         data=DataConfig(
             sources=sources, val_sources=val_sources, tokenizer=str(cfg.data.tokenizer_dir())
         ),
-        optim=OptimConfig(
-            name=p.optimizer, lr=p.lr, weight_decay=p.weight_decay, grad_clip=p.grad_clip
+        optim=OptimConfig(  # the seed's lr is the rate itself, not quoted at a reference width
+            name=p.optimizer,
+            lr=p.lr,
+            weight_decay=p.weight_decay,
+            grad_clip=p.grad_clip,
+            lr_ref_width=None,
         ),
         schedule=ScheduleConfig(
             kind=p.schedule, warmup_steps=p.warmup_steps, min_lr_frac=p.min_lr_frac

@@ -1,0 +1,75 @@
+"""`train(cfg)`: one entry for every recipe. setup_run (run directory, device, DDP, seeds,
+tokenizer, resume) is shared; the recipe builds what is trained; the one Trainer trains it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmlab.runs.rundir import RunDir
+from lmlab.train.config import NOT_IN_RUN_ID, TrainConfig
+from lmlab.train.dist import init_distributed, shutdown
+from lmlab.train.recipes import RunContext, get_recipe
+from lmlab.train.trainer import Trainer
+
+
+def setup_run(cfg: TrainConfig, run_dir: Path | None, resume: bool, dist) -> RunContext:
+    """Resolve the recipe's data and tokenizer into the config that runs, open its run directory
+    (keyed by that config) and save the tokenizer beside the checkpoints."""
+    recipe = get_recipe(cfg.recipe)
+    args = recipe.parse_args(cfg.recipe_args)
+    cfg, tok, prepared = recipe.prepare(cfg, args)
+    run = RunDir.create(
+        cfg,
+        name=cfg.name,
+        run_dir=run_dir,
+        fresh=not resume,
+        is_main=dist.is_main,
+        exclude=NOT_IN_RUN_ID,
+    )
+    dist.barrier()
+    if tok is not None and dist.is_main and not (run.path / "tokenizer").exists():
+        tok.save(run.path / "tokenizer")
+    return RunContext(cfg, args, run, dist, dist.device, tok, prepared)
+
+
+def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) -> RunDir:
+    """Train `cfg.recipe` through the one loop; returns the run directory."""
+    dist = init_distributed(cfg.device)
+    try:
+        ctx = setup_run(cfg, run_dir, resume, dist)
+        recipe, run = get_recipe(ctx.cfg.recipe), ctx.run
+        with run.running():
+            torch.manual_seed(ctx.cfg.seed)
+            parts = recipe.build(ctx)
+            parts.model.to(dist.device)
+            run.metric_modes = {**parts.metric_modes, parts.best_metric[0]: parts.best_metric[1]}
+            meta = {"recipe": ctx.cfg.recipe, **parts.ckpt_meta}
+            if ctx.tokenizer is not None:
+                meta.setdefault("tokenizer", ctx.tokenizer.meta())
+                meta.setdefault("tokenizer_dir", str(run.path / "tokenizer"))
+            meta.setdefault("num_params", sum(p.numel() for p in parts.model.parameters()))
+            trainer = Trainer(
+                ctx.cfg,
+                parts.model,
+                parts.objective,
+                parts.batches,
+                run,
+                dist,
+                parts.evaluate,
+                meta,
+                parts.best_metric,
+            )
+            final = trainer.fit(resume=resume)
+            recipe.finish(ctx, final)
+            if dist.is_main:
+                shown = " ".join(
+                    f"{k}={v:.4f}"
+                    for k, v in final.items()
+                    if k == parts.best_metric[0] or k.startswith("val")
+                )
+                print(f"done: {run.path} step {trainer.step} {shown}".rstrip())
+        return run
+    finally:
+        shutdown(dist)
