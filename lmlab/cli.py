@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from lmlab import __version__
-from lmlab import config as C
 from lmlab.errors import LmlabError
 
 app = typer.Typer(
@@ -69,10 +68,6 @@ def _mount_studies() -> None:
     from lmlab.studies.notes.cli import notes_app
     from lmlab.studies.retrieval.cli import app as retrieval_app
     from lmlab.studies.retrieval.cli import demo as retrieval_demo
-    from lmlab.studies.retrieval.spec import PROFILE_DIR as RETRIEVAL_PROFILES
-
-    if RETRIEVAL_PROFILES not in C.EXTRA_PROFILE_DIRS:  # `lmlab train --profile kv-demo`
-        C.EXTRA_PROFILE_DIRS.append(RETRIEVAL_PROFILES)
 
     app.add_typer(notes_cache_app, name="cache")
     app.add_typer(notes_app, name="notes")

@@ -18,12 +18,23 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lmlab.errors import LmlabError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-# Studies append their own profile folders when the CLI mounts them (the core never imports them).
-EXTRA_PROFILE_DIRS: list[Path] = []
+# Profile folders by group: "train" holds the profiles of `lmlab train` (the core's, then those a
+# study ships for the core trainer); a study with a config of its own uses its own group (notes:
+# `lmlab notes train`). A study registers its folders when its package is imported (the CLI
+# imports every study when it mounts them; the core never imports a study).
+_PROFILE_DIRS: dict[str, list[Path]] = {"train": [PROFILE_DIR]}
 
 
-def profile_dirs() -> list[Path]:
-    return [PROFILE_DIR, *EXTRA_PROFILE_DIRS]
+def register_profile_dir(path: str | Path, group: str = "train") -> None:
+    """Add a folder of `<name>.yaml` profiles to `group` (again: no effect)."""
+    dirs = _PROFILE_DIRS.setdefault(group, [])
+    if Path(path) not in dirs:
+        dirs.append(Path(path))
+
+
+def profile_dirs(group: str = "train") -> list[Path]:
+    """The folders of a group, in registration order (a later folder wins on a repeated name)."""
+    return list(_PROFILE_DIRS.get(group, []))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -135,14 +146,16 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> dict:
 
 
 def profile_description(path: Path) -> str:
-    """The first comment line of a profile file is its one-line description."""
+    """The comment block at the top of a profile file (its lines joined) is its description."""
+    lines: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line:
-            break
-    return ""
+        if not line.startswith("#"):
+            if line or lines:
+                break
+            continue
+        lines.append(line.lstrip("#").strip())
+    return " ".join(part for part in lines if part)
 
 
 def list_profiles(dirs: list[Path] | None = None) -> list[tuple[str, str, Path]]:

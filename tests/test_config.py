@@ -92,3 +92,28 @@ def test_set_requires_equals():
     with pytest.raises(LmlabError, match="KEY.PATH=VALUE"):
         C.parse_set("steps")
     assert Path(C.PROFILE_DIR).is_dir()
+
+
+def test_profile_folders_register_by_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "_PROFILE_DIRS", {"train": [C.PROFILE_DIR]})
+    for group, name in (("train", "mine"), ("study", "own")):
+        (tmp_path / group).mkdir()
+        (tmp_path / group / f"{name}.yaml").write_text(f"# {name}\nname: {name}\n")
+        C.register_profile_dir(tmp_path / group, group=group)
+        C.register_profile_dir(tmp_path / group, group=group)  # twice: still once
+    assert C.profile_dirs() == [C.PROFILE_DIR, tmp_path / "train"]
+    assert C.profile_dirs("study") == [tmp_path / "study"] and C.profile_dirs("none") == []
+    assert C.resolve(Cfg, profile="mine", profile_dirs=C.profile_dirs()).name == "mine"
+    with pytest.raises(LmlabError, match="unknown profile 'own'"):
+        C.load_profile("own", C.profile_dirs())
+    assert C.load_profile("own", C.profile_dirs("study")) == {"name": "own"}
+
+
+def test_studies_register_their_profiles_at_import():
+    import lmlab.cli  # noqa: F401  (mounts, so imports, every study)
+    from lmlab.studies.notes.paths import PROFILE_DIR as NOTES
+    from lmlab.studies.retrieval.spec import PROFILE_DIR as RETRIEVAL
+
+    train = {name: path.parent for name, _, path in C.list_profiles(C.profile_dirs())}
+    assert train["kv-demo"] == RETRIEVAL and train["smoke"] == C.PROFILE_DIR
+    assert NOTES not in C.profile_dirs() and C.profile_dirs("notes") == [NOTES]

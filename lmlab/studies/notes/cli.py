@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lmlab import config as C
 from lmlab.cli_common import (
     ConfigOpt,
     ListProfilesOpt,
@@ -154,7 +155,7 @@ def train_command(
         profile=profile,
         print_config=print_config,
         list_profiles=list_profiles,
-        profile_dirs=[PROFILE_DIR],
+        profile_dirs=C.profile_dirs("notes"),
     )
     results = run(cfg, cfg.phase, resume=resume, init_from=init_from)
     for r in results:

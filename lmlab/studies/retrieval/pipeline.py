@@ -31,7 +31,7 @@ from lmlab.studies.retrieval.generate import (
     run_generate,
     split_dir_name,
 )
-from lmlab.studies.retrieval.spec import PROFILE_DIR, ExperimentSpec
+from lmlab.studies.retrieval.spec import ExperimentSpec
 
 DEFAULT_RECIPE = "kv-seed"
 
@@ -62,7 +62,7 @@ def recipe_path(recipe: str | None) -> Path:
         if not path.is_file():
             raise LmlabError(f"recipe file not found: {path}")
         return path
-    profiles = {n: p for n, _, p in C.list_profiles([*C.profile_dirs(), PROFILE_DIR])}
+    profiles = {n: p for n, _, p in C.list_profiles(C.profile_dirs())}
     if name not in profiles:
         raise LmlabError(f"unknown recipe {name!r} (profiles: {', '.join(sorted(profiles))})")
     return profiles[name]
