@@ -66,12 +66,14 @@ def _mount_studies() -> None:
     from lmlab.studies.kvbench.cli import app as kvbench_app
     from lmlab.studies.notes.cache_cli import cache_app as notes_cache_app
     from lmlab.studies.notes.cli import notes_app
+    from lmlab.studies.preference.cli import app as prefs_app
     from lmlab.studies.retrieval.cli import app as retrieval_app
     from lmlab.studies.retrieval.cli import demo as retrieval_demo
 
     app.add_typer(notes_cache_app, name="cache")
     app.add_typer(notes_app, name="notes")
     app.add_typer(retrieval_app, name="retrieval")
+    app.add_typer(prefs_app, name="prefs")
     app.add_typer(kvbench_app, name="kvbench")
     app.command("demo")(retrieval_demo)
 

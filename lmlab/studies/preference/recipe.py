@@ -79,6 +79,7 @@ def make_objective(args: RewardArgs):
     def objective(model, batch) -> tuple[torch.Tensor, dict]:
         losses, diff = bt_losses(model(batch["ids"], batch["last"]), batch, args)
         loss = (losses * batch["loss_weight"]).mean()
+        diff = diff.detach()
         return loss, {
             "accuracy": float((diff > 0).float().mean()),
             "margin": float(diff.mean()),
