@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run_all.py` from a checkout without an install
     sys.path.insert(0, str(ROOT))
 
+from lmlab.interop.mapping import FAMILIES, gpt_from_hf, hf_config  # noqa: E402
 from lmlab.model.config import ModelConfig  # noqa: E402
 from lmlab.model.gpt import GPT  # noqa: E402
 from lmlab.train.mfu import measure_matmul_flops  # noqa: E402
@@ -42,9 +43,7 @@ NORM_EPS = 1e-6  # HF Llama's rms_norm_eps, so the Llama-shaped configs compute 
 def lmlab_default_config(seq_len: int = SEQ_LEN) -> ModelConfig:
     """lmlab's default architecture (ReLU^2 MLP of 4x width, weightless RMSNorm, QK-norm,
     embedding norm, logit softcap) at the shared width/depth/heads/vocabulary."""
-    return ModelConfig(
-        depth=DEPTH, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB, seq_len=seq_len
-    )
+    return ModelConfig(depth=DEPTH, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB, seq_len=seq_len)
 
 
 def lmlab_llama_config(seq_len: int = SEQ_LEN) -> ModelConfig:
@@ -67,27 +66,12 @@ def lmlab_llama_config(seq_len: int = SEQ_LEN) -> ModelConfig:
 
 def hf_llama(cfg: ModelConfig, seed: int = 0):
     """A randomly initialised `transformers.LlamaForCausalLM` with the shapes of `cfg` (no
-    download), SDPA attention, fp32, eval mode, eos disabled so generation runs to full length."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    download), SDPA attention, fp32, eval mode, eos disabled so generation runs to full length.
+    The config comes from lmlab's HF mapping (`lmlab.interop.mapping`), as `lmlab export` writes it."""
+    from transformers import AutoModelForCausalLM
 
-    hf_cfg = LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
-        head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.seq_len,
-        rms_norm_eps=cfg.norm_eps or NORM_EPS,
-        rope_theta=cfg.rope_theta,
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-        hidden_act="silu",
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
+    hf_cfg = hf_config(
+        cfg, FAMILIES["llama"], bos_token_id=None, eos_token_id=None, pad_token_id=None
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
@@ -100,31 +84,13 @@ def hf_llama(cfg: ModelConfig, seed: int = 0):
 
 
 def lmlab_from_hf(cfg: ModelConfig, hf) -> GPT:
-    """An lmlab GPT (Llama-shaped `cfg`) holding exactly the weights of the HF Llama `hf`."""
-    gpt = GPT(cfg)
-    src = hf.state_dict()
-    names = {"wte.weight": "model.embed_tokens.weight", "norm_out.weight": "model.norm.weight"}
-    names["lm_head.weight"] = "lm_head.weight"
-    for i in range(cfg.n_layer):
-        h, g = f"model.layers.{i}.", f"blocks.{i}."
-        pairs = {
-            "attn.c_q": "self_attn.q_proj",
-            "attn.c_k": "self_attn.k_proj",
-            "attn.c_v": "self_attn.v_proj",
-            "attn.c_proj": "self_attn.o_proj",
-            "mlp.c_gate": "mlp.gate_proj",
-            "mlp.c_fc": "mlp.up_proj",
-            "mlp.c_proj": "mlp.down_proj",
-            "norm_attn": "input_layernorm",
-            "norm_mlp": "post_attention_layernorm",
-        }
-        for ours, theirs in pairs.items():
-            names[f"{g}{ours}.weight"] = f"{h}{theirs}.weight"
-    state = {ours: src[theirs] for ours, theirs in names.items()}
-    missing, unexpected = gpt.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"rope_cos", "rope_sin"}:
-        raise RuntimeError(f"weight mapping incomplete: missing={missing} unexpected={unexpected}")
-    return gpt.eval()
+    """An lmlab GPT holding exactly the weights of the HF model `hf`, through the mapping
+    `lmlab import` uses; its config must equal `cfg` (the peers compute the same function)."""
+    gpt = gpt_from_hf(hf)
+    if gpt.cfg != cfg:
+        diff = {k: v for k, v in gpt.cfg.model_dump().items() if getattr(cfg, k) != v}
+        raise RuntimeError(f"the HF model maps to a different lmlab config: {diff}")
+    return gpt
 
 
 def matmul_peak(repeats: int = 3) -> float:
