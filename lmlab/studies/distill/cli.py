@@ -18,9 +18,8 @@ from lmlab.cli_common import (
     resolve_or_exit,
 )
 from lmlab.errors import LmlabError
+from lmlab.studies.distill import PROFILE_DIR
 from lmlab.studies.distill.config import env_as_base, env_seeds
-
-PROFILE_DIR = Path(__file__).parent / "profiles"
 
 app = typer.Typer(
     help="Embedding distillation (seed 004): a student that keeps a teacher's neighbours.",

@@ -46,7 +46,7 @@ def split_sentences(text: str, min_chars: int = 12) -> list[str]:
         line = MARKUP.sub("", line).replace("[[", "").replace("]]", "").strip()
         if line.startswith(("<", "```")):
             continue
-        line = re.sub(r"^(system|user|assistant):\s*", "", line)
+        line = re.sub(r"^(system|user|assistant|Human|Assistant):\s*", "", line)
         for sent in SENTENCE_END.split(line):
             sent = sent.strip()
             if len(sent) >= min_chars:
@@ -131,9 +131,22 @@ def hf_texts(args: DistillArgs) -> list[str]:
     return out
 
 
+def json_strings(value) -> list[str]:
+    """Every string of words inside a JSON value (prompts, answers, chat turns); ids, names and
+    links (no space, or a URL) left out."""
+    if isinstance(value, str):
+        return [value] if " " in value.strip() and not value.startswith("http") else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [s for v in value for s in json_strings(v)]
+    return []
+
+
 def shipped_texts(min_chars: int = 12) -> tuple[list[str], list[str]]:
-    """(items, sources): the toy corpus (documents and chats) and every text file a study ships
-    under lmlab/studies/*/data (read as files: the core never imports a study)."""
+    """(items, sources): the toy corpus (documents and chats) and every text a study ships under
+    lmlab/studies/*/data: .txt/.md files and the strings of .jsonl samples (read as files: the
+    core never imports a study)."""
     import lmlab
     from lmlab.data.builtin import toy_conversations, toy_documents
 
@@ -147,10 +160,14 @@ def shipped_texts(min_chars: int = 12) -> tuple[list[str], list[str]]:
     files = sorted(
         f
         for f in studies.glob("*/data/**/*")
-        if f.is_file() and f.suffix in TEXT_SUFFIXES and "distill" not in f.parts
+        if f.is_file() and f.suffix in TEXT_SUFFIXES | {".jsonl"} and "distill" not in f.parts
     )
     for f in files:
-        items += split_sentences(f.read_text(encoding="utf-8", errors="replace"), min_chars)
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if f.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            text = "\n".join(json_strings(rows))
+        items += split_sentences(text, min_chars)
         sources.append(str(f.relative_to(studies.parent)))
     return items, sources
 
