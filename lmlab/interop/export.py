@@ -60,7 +60,10 @@ def export_hf(
         eos.append(hf_tok.eos_token_id)  # an imported tokenizer's own end of text
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else tok.eot_id
     ids = {"bos_token_id": tok.bos_id, "eos_token_id": eos[0] if len(eos) == 1 else eos}
-    hf_cfg = hf_config(cfg, family, pad_token_id=pad, **ids)
+    # No pad id in the model config: transformers makes it the embedding's padding_idx, whose
+    # row then never trains when someone fine-tunes the export (pad is eot here). Generation
+    # and the tokenizer still name it.
+    hf_cfg = hf_config(cfg, family, pad_token_id=None, **ids)
     hf_cfg.dtype = dtype
     state = {
         k: v.to(DTYPES[dtype]) for k, v in to_hf_state(model.state_dict(), cfg, family).items()
