@@ -132,3 +132,19 @@ def test_cli_export_refuses_a_non_empty_out(tmp_path, tok):
     assert main(args) == 1  # exists: needs --force
     assert main([*args, "--force", "--dtype", "bfloat16"]) == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_a_trained_checkpoint_exports(tmp_path):
+    run = tmp_path / "run"
+    sets = ["steps=4", "eval_every=2", "progress=false"]
+    argv = ["train", "--profile", "smoke", "--run-dir", str(run)]
+    assert main([*argv, *[a for s in sets for a in ("--set", s)]]) == 0
+    export_hf(run, tmp_path / "hf")
+    model, tok, meta = load_checkpoint(run)
+    ref, hf_tok = load_hf(tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "lmlab_export.json").read_text())["step"] == meta["step"]
+    prompt = hf_tok("the cat")["input_ids"]
+    with torch.no_grad():
+        diff = (model(torch.tensor([prompt])) - ref(torch.tensor([prompt])).logits).abs().max()
+    assert diff.item() <= 1e-4
+    assert lmlab_greedy(model.eval(), prompt, 8) == hf_greedy(ref, prompt, 8)

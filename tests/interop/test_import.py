@@ -127,3 +127,17 @@ def test_pickled_weights_are_refused(tmp_path):
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     with pytest.raises(LmlabError, match="only safetensors"):
         import_hf(src, tmp_path / "run")
+
+
+def test_imported_model_exports_back_to_its_class(tmp_path):
+    from lmlab.interop.export import export_hf
+
+    src = save_tiny_hf(tmp_path / "hf", "qwen3")
+    export_hf(import_hf(src, tmp_path / "run").path, tmp_path / "back")
+    a, b = hf_model(src), hf_model(tmp_path / "back")
+    assert type(b).__name__ == "Qwen3ForCausalLM"
+    ids = torch.randint(0, 300, (1, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (a(ids).logits - b(ids).logits).abs().max().item() <= 1e-5
+    back = (tmp_path / "back" / "chat_template.jinja").read_text()
+    assert back == (src / "chat_template.jinja").read_text()
