@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmlab.runs.rundir import read_status
+from lmlab.runs.sweep import load_sweep, plan
 from tests.conftest import ROOT
 
 TOY = ROOT / "tests" / "fixtures" / "toy_command.py"
@@ -143,9 +145,12 @@ def test_run_without_metrics_is_not_a_success(tmp_path, lmlab_cli):
 
 
 def test_killed_sweep_resumes_only_missing(tmp_path):
-    f = write_sweep(
-        tmp_path, experiments=[{"name": "e", "set": {"sleep_s": 0.05}}], seeds=[0, 1, 2, 3]
-    )
+    # Seed 0 runs at once; the other seeds wait for a gate file that appears only after the
+    # kill, so exactly one run is done when the sweep dies (no race with runs finishing).
+    gate = tmp_path / "gate"
+    wait = f'case "$*" in *seed=0*) ;; *) until [ -e {gate} ]; do sleep 0.05; done;; esac'
+    command = ["sh", "-c", f'{wait}; exec "{sys.executable}" "{TOY}" "$@"', "toy"]
+    f = write_sweep(tmp_path, command=command, experiments=[{"name": "e"}], seeds=[0, 1, 2, 3])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
@@ -154,15 +159,19 @@ def test_killed_sweep_resumes_only_missing(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if len(list((tmp_path / "sweep").glob("*/status.json"))) >= 1:
-            break
+
+    def done_runs():
+        states = [read_status(p.parent) for p in (tmp_path / "sweep").glob("*/status.json")]
+        return sum(1 for s in states if s and s.get("state") == "done")
+
+    deadline = time.time() + 300
+    while time.time() < deadline and done_runs() < 1:
         time.sleep(0.05)
+    time.sleep(0.3)  # seed 1 is now waiting at the gate (or about to)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = len(list((tmp_path / "sweep").glob("*/status.json")))
-    assert 1 <= finished < 4
+    assert done_runs() == 1
+    gate.touch()
     proc2 = subprocess.run(
         [sys.executable, "-m", "lmlab", "sweep", "run", str(f)],
         capture_output=True,
@@ -170,8 +179,84 @@ def test_killed_sweep_resumes_only_missing(tmp_path):
         env=env,
     )
     assert proc2.returncode == 0, proc2.stderr
-    assert f"{finished} already done, {4 - finished} to run" in proc2.stdout
-    assert len(list((tmp_path / "sweep").glob("*/status.json"))) == 4
+    assert "1 already done, 3 to run" in proc2.stdout
+    assert done_runs() == 4 and logged_runs(tmp_path) <= 5  # the killed attempt at most
+
+
+def test_grid_expands_every_point_for_every_experiment_and_seed(tmp_path):
+    f = write_sweep(
+        tmp_path,
+        grid={"optim.lr": [0.1, 0.2], "depth": [1, 2, 3]},
+        experiments=[{"name": "a", "set": {"x": 1}}, {"name": "b"}],
+        seeds=[0, 1],
+    )
+    spec, root = load_sweep(f)
+    runs = plan(spec, root, tmp_path / "out")
+    assert len(runs) == 2 * 2 * 3 * 2
+    cells = {(r.experiment, r.overrides["optim.lr"], r.overrides["depth"], r.seed) for r in runs}
+    assert len(cells) == 24
+    first = runs[0]
+    # yaml writes the grid keys sorted: depth varies slowest
+    assert first.experiment == "a/depth=1,lr=0.1" and first.overrides == {
+        "x": 1,
+        "optim.lr": 0.1,
+        "depth": 1,
+        "seed": 0,
+    }
+    assert {r.experiment for r in runs if r.experiment.startswith("b/")} == {
+        f"b/depth={d},lr={lr}" for lr in (0.1, 0.2) for d in (1, 2, 3)
+    }
+    assert len({r.run_dir for r in runs}) == 24
+    only_grid = plan(
+        load_sweep(write_sweep(tmp_path, grid={"lr": [1, 2]}, experiments=[]))[0],
+        root,
+        tmp_path / "out",
+    )
+    assert [r.experiment for r in only_grid] == ["lr=1", "lr=1", "lr=2", "lr=2"]
+
+
+def test_run_dir_seed_and_experiment_are_substituted(tmp_path):
+    f = write_sweep(
+        tmp_path,
+        command="lmlab tool --out {run_dir}/x --seed-arg {seed} --name {experiment}",
+        experiments=[{"name": "e", "set": {"lr": 0.5}}],
+        seeds=[7],
+        seed_key="train.seed",
+    )
+    spec, root = load_sweep(f)
+    (run,) = plan(spec, root, tmp_path / "out")
+    assert run.argv[:3] == [sys.executable, "-m", "lmlab"]
+    assert run.argv[3:] == [
+        "tool",
+        "--out",
+        f"{run.run_dir}/x",
+        "--seed-arg",
+        "7",
+        "--name",
+        "e",
+        "--set",
+        "lr=0.5",
+        "--set",
+        "train.seed=7",
+    ]  # {run_dir} given: no --run-dir appended
+    f = write_sweep(tmp_path, command="tool", experiments=[{"name": "e"}], seeds=[3])
+    (run,) = plan(*load_sweep(f), tmp_path / "out")
+    assert run.argv == ["tool", "--set", "seed=3", "--run-dir", str(run.run_dir)]
+
+
+def test_a_run_past_timeout_s_is_killed_and_failed(tmp_path, lmlab_cli):
+    f = write_sweep(
+        tmp_path,
+        experiments=[{"name": "sleepy", "set": {"sleep_s": 1.0, "steps": 60}}],
+        seeds=[0],
+        timeout_s=3,
+    )
+    started = time.time()
+    proc = lmlab_cli("sweep", "run", f)
+    assert time.time() - started < 40  # not the 60 s the run would take
+    assert proc.returncode == 1 and "timed out after 3.0s" in proc.stdout
+    (row,) = [r for r in read_summary(tmp_path) if r["row"] == "run"]
+    assert row["status"] == "failed"
 
 
 @pytest.mark.parametrize(
