@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -36,10 +37,27 @@ err_console = Console(stderr=True)
 
 
 def print_profiles(dirs: list[Path] | None = None) -> None:
+    """Every profile with its whole description, wrapped to the terminal (never cut)."""
     table = Table("profile", "description", box=None)
+    table.columns[0].no_wrap = True
+    table.columns[1].overflow = "fold"
     for name, desc, _ in C.list_profiles(dirs):
         table.add_row(name, desc)
     console.print(table)
+
+
+def config_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML, saying which values the run replaces when it starts."""
+    text = C.dump_yaml(cfg)
+    if hasattr(getattr(cfg, "model", None), "vocab_size"):
+        text = re.sub(
+            r"^(  vocab_size: .*)$",
+            r"\1  # replaced by the tokenizer's vocabulary size when the run starts",
+            text,
+            count=1,
+            flags=re.MULTILINE,
+        )
+    return text
 
 
 def resolve_or_exit(
@@ -66,6 +84,6 @@ def resolve_or_exit(
         profile_dirs=profile_dirs,
     )
     if print_config:
-        typer.echo(C.dump_yaml(cfg), nl=False)
+        typer.echo(config_yaml(cfg), nl=False)
         raise typer.Exit(0)
     return cfg
