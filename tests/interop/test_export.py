@@ -148,3 +148,21 @@ def test_a_trained_checkpoint_exports(tmp_path):
         diff = (model(torch.tensor([prompt])) - ref(torch.tensor([prompt])).logits).abs().max()
     assert diff.item() <= 1e-4
     assert lmlab_greedy(model.eval(), prompt, 8) == hf_greedy(ref, prompt, 8)
+
+
+def test_word_tokenizer_exports_with_equal_ids_and_sentencepiece_is_refused(tmp_path):
+    from lmlab.text.tokenizer import build_word_tokenizer
+
+    words = build_word_tokenizer(["k1", "v1", "k2", "v2"])
+    lmlab_run(tmp_path / "run", words)
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    _, hf_tok = load_hf(tmp_path / "hf")
+    text = "k1 v1\nk2 v2"
+    assert hf_tok(text)["input_ids"] == [words.bos_id, *words.encode(text)]
+    (tmp_path / "c.txt").write_text("\n".join(CORPUS))
+    spm = train_tokenizer(
+        [tmp_path / "c.txt"], kind="sentencepiece", vocab_size=300, progress=False
+    )
+    lmlab_run(tmp_path / "spm-run", spm)
+    with pytest.raises(LmlabError, match="cannot export a sentencepiece tokenizer"):
+        export_hf(tmp_path / "spm-run", tmp_path / "spm-hf")
