@@ -1,25 +1,31 @@
-"""The one generation engine: batched prefill + decode with sampling, stops, bans and KV policies.
+"""The one generation engine, request by request: chat, evaluation, GRPO sampling, the KV bench and
+the server all use it.
 
-Chat, evaluation, GRPO sampling and the server all call `Engine.generate` (or `Engine.stream`).
-One call: left-pad the prompts, run one prefill for the batch through a `KVCache`, compress the
-cache once with the chosen KV policy, then decode one token per step for every unfinished row;
-rows that finish are dropped from the batch. Greedy results of a batch equal those of each prompt
-alone (padding is masked, rotary positions are per row). With temperature > 0, row i samples from
-its own generator seeded by (seed, i).
+A `Request` is a prompt (token ids) with its own `GenerationConfig`: sampling settings, seed,
+stops, banned tokens, KV policy and budget, `num_samples` and log-probabilities. Requests with
+different settings share one batch. The work is done by a `RunningBatch` (`batch.py`), whose
+step-level API a scheduler drives directly (continuous batching: requests join at a step
+boundary, finished or cancelled rows leave); `run`, `generate` and `stream` are thin loops over it.
+
+Every request is validated on its own: an invalid one gets `Result.error` and the others still
+run. A request's output never depends on the rest of the batch: padding is masked, rotary
+positions are per row, sample j of a request draws from a generator seeded by (seed, j), and a
+request's KV policy sees row 0. Greedy outputs of a mixed batch equal each request run alone.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.model.kv import KVCache, KVPolicy, make_policy, row_seed
-from lmlab.model.sampling import sample_next
+from lmlab.model.kv import KVPolicy, make_policy, row_seed
+from lmlab.model.registry import unwrap
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 
 
 @dataclass
@@ -31,215 +37,194 @@ class GenerationConfig:
     seed: int = 0
     stop_tokens: Sequence[int] = ()  # generation ends at any of these; it is not returned
     banned_tokens: Sequence[int] = ()  # never generated
+    stop_strings: Sequence[str] = ()  # generation ends when the text contains one; it is cut off
     kv_policy: str = "full"  # one of KV_POLICIES
     kv_budget: float = 1.0  # fraction of each prompt's KV positions kept, in (0, 1]
     kv_window: int = 32  # snapkv observation window
     kv_kernel: int = 7  # snapkv pooling kernel
     kv_pooling: str = "avg"  # snapkv pooling: avg or max
     kv_sinks: int = 4  # streamingllm attention sinks
+    num_samples: int = 1  # samples from one prefill (the cache rows are copied)
+    logprobs: int | None = None  # None: off; 0: each generated token's; N: also the top N
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (the first has none)
+
+    def policy(self) -> KVPolicy:
+        return make_policy(
+            self.kv_policy,
+            self.kv_budget,
+            window=self.kv_window,
+            kernel=self.kv_kernel,
+            sinks=self.kv_sinks,
+            pooling=self.kv_pooling,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class Request:
+    prompt: Sequence[int]
+    cfg: GenerationConfig = field(default_factory=GenerationConfig)
+    tag: Any = None  # the caller's label, carried to the Result and every Event
 
 
 @dataclass
 class Generation:
+    """One sample of one request."""
+
     tokens: list[int]  # generated ids, without the stop token
-    text: str | None  # decoded tokens when the engine has a tokenizer
-    finish_reason: Literal["stop", "length"]
+    text: str | None  # decoded tokens (cut before a stop string) when the engine has a tokenizer
+    finish_reason: Literal["stop", "length", "cancelled"]
     prompt_tokens: int
-    prefill_s: float  # the batch's prefill + KV compression
-    decode_s: float  # from the end of prefill until this row finished
+    prefill_s: float  # the prefill (and KV compression) of the group this request joined with
+    decode_s: float  # from the end of that prefill until this sample finished
     decode_tokens_per_s: float
     kv_retained: list[int] = field(default_factory=list)  # prompt KV slots kept, per layer
     stop_token: int | None = None
+    stop_string: str | None = None
+    ttft_s: float = 0.0  # from the request's arrival in the batch to its first token
+    logprobs: list[float] | None = None  # log p of each generated token (raw model distribution)
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    sample_index: int = 0
 
 
-class TokenStream:
-    """Iterates over the generated token ids of one prompt; `result` holds the Generation once the
-    iteration is over."""
+@dataclass
+class Result:
+    request: Request
+    samples: list[Generation] = field(default_factory=list)
+    error: str | None = None
+    prompt_logprobs: list[float | None] | None = None  # None for the first prompt token
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
-    def __init__(self, steps: Iterator[tuple[int, int]], holder: list[list[Generation]]):
-        self._steps, self._holder = steps, holder
-        self.result: Generation | None = None
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
-    def __iter__(self) -> Iterator[int]:
-        for _, token in self._steps:
-            yield token
-        self.result = self._holder[0][0]
+
+@dataclass
+class Event:
+    """What one step produced for one sample: a token (None when a stop token ended it), the text
+    it completes (held back while a character or a possible stop string is unfinished), and the
+    finished Generation on the sample's last event."""
+
+    index: int  # the request's index (its position in `run`/`stream`, or as given to `add`)
+    sample: int
+    token: int | None
+    text: str = ""
+    done: Generation | None = None
+    tag: Any = None
+
+
+def check_request(request: Request, model_cfg: Any, has_tokenizer: bool) -> str | None:
+    """Why this request cannot run (one line), or None."""
+    cfg, prompt = request.cfg, request.prompt
+    vocab, context = model_cfg.vocab_size, model_cfg.seq_len
+    if cfg.max_new_tokens < 0:
+        return f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}"
+    if cfg.temperature < 0:
+        return f"temperature must be >= 0, got {cfg.temperature}"
+    if cfg.top_k < 0:
+        return f"top_k must be >= 0 (0 = off), got {cfg.top_k}"
+    if not 0.0 < cfg.top_p <= 1.0:
+        return f"top_p must be in (0, 1] (1 = off), got {cfg.top_p}"
+    if cfg.num_samples < 1:
+        return f"num_samples must be >= 1, got {cfg.num_samples}"
+    for name, n in (("logprobs", cfg.logprobs), ("prompt_logprobs", cfg.prompt_logprobs)):
+        if n is not None and not 0 <= n <= MAX_TOP_LOGPROBS:
+            return f"{name} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"
+    for name, ids in (("stop", cfg.stop_tokens), ("banned", cfg.banned_tokens)):
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            return f"{name} token ids {bad} are outside the vocabulary of {vocab}"
+    if len(set(cfg.banned_tokens)) >= vocab:
+        return "every token of the vocabulary is banned"
+    if cfg.stop_strings and not has_tokenizer:
+        return "stop strings need an engine with a tokenizer"
+    if any(not isinstance(s, str) or not s for s in cfg.stop_strings):
+        return "stop strings must be non-empty strings"
+    n = len(prompt)
+    if n == 0:
+        return "prompt is empty"
+    if n + cfg.max_new_tokens > context:
+        over = n + cfg.max_new_tokens - context
+        return (
+            f"prompt of {n} tokens + {cfg.max_new_tokens} new tokens exceeds the context "
+            f"of {context} by {over}"
+        )
+    if min(prompt) < 0 or max(prompt) >= vocab:
+        return f"prompt has token ids outside the vocabulary of {vocab}"
+    try:
+        cfg.policy()
+    except LmlabError as e:
+        return str(e)
+    return None
 
 
 class Engine:
     def __init__(self, model: torch.nn.Module, tokenizer: Any = None, device=None):
-        self.model = model
+        self.model = unwrap(model)  # under DDP or torch.compile, generate with the plain module
         self.tokenizer = tokenizer
-        self.model_cfg = model.cfg
+        self.model_cfg = self.model.cfg
         self.device = (
             torch.device(device) if device is not None else next(model.parameters()).device
         )
 
+    def check(self, request: Request) -> str | None:
+        return check_request(request, self.model_cfg, self.tokenizer is not None)
+
+    def batch(self, max_rows: int | None = None, text_deltas: bool = False):
+        """A running batch for a scheduler: add(request), step() -> events, cancel(handle).
+        `max_rows` caps the sample rows decoded together; `text_deltas` makes every Event carry
+        the text it completes (streaming)."""
+        from lmlab.model.batch import RunningBatch
+
+        return RunningBatch(self, max_rows=max_rows, text_deltas=text_deltas)
+
+    def run(self, requests: Sequence[Request], max_rows: int | None = None) -> list[Result]:
+        """Run every request to the end; one Result per request, in order."""
+        batch = self.batch(max_rows=max_rows)
+        handles = [batch.add(_as_request(r), index=i) for i, r in enumerate(requests)]
+        while batch.has_work:
+            batch.step()
+        return [h.result for h in handles]
+
     def generate(
         self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig | None = None
     ) -> list[Generation]:
-        """Generate for a batch of token-id prompts; one Generation per prompt, in order."""
-        holder: list[list[Generation]] = []
-        for _ in self._run(prompts, cfg or GenerationConfig(), holder):
-            pass
-        return holder[0]
-
-    def stream(self, prompt: Sequence[int], cfg: GenerationConfig | None = None) -> TokenStream:
-        """Token ids of one prompt as they are produced; the request is validated here (errors
-        raise now), the Generation is in `.result` after the iteration."""
-        holder: list[list[Generation]] = []
-        return TokenStream(self._run([prompt], cfg or GenerationConfig(), holder), holder)
-
-    # ---- checks ---------------------------------------------------------------------------------
-    def _check(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig) -> None:
-        vocab, context = self.model_cfg.vocab_size, self.model_cfg.seq_len
+        """The samples of every prompt under one config, prompt-major (num_samples each). Prompt i
+        samples with seed row_seed(cfg.seed, i), so identical prompts still differ. An invalid
+        prompt raises LmlabError before anything runs."""
+        cfg = cfg or GenerationConfig()
         if not prompts:
             raise LmlabError("no prompts to generate from")
-        if cfg.max_new_tokens < 0:
-            raise LmlabError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
-        if cfg.temperature < 0:
-            raise LmlabError(f"temperature must be >= 0, got {cfg.temperature}")
-        if cfg.top_k < 0:
-            raise LmlabError(f"top_k must be >= 0 (0 = off), got {cfg.top_k}")
-        if not 0.0 < cfg.top_p <= 1.0:
-            raise LmlabError(f"top_p must be in (0, 1] (1 = off), got {cfg.top_p}")
-        for name, ids in (("stop", cfg.stop_tokens), ("banned", cfg.banned_tokens)):
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise LmlabError(f"{name} token ids {bad} are outside the vocabulary of {vocab}")
-        if len(set(cfg.banned_tokens)) >= vocab:
-            raise LmlabError("every token of the vocabulary is banned")
-        for i, prompt in enumerate(prompts):
-            n = len(prompt)
-            if n == 0:
-                raise LmlabError(f"prompt {i} is empty")
-            if n + cfg.max_new_tokens > context:
-                over = n + cfg.max_new_tokens - context
-                raise LmlabError(
-                    f"prompt of {n} tokens + {cfg.max_new_tokens} new tokens exceeds the context "
-                    f"of {context} by {over}"
-                )
-            if min(prompt) < 0 or max(prompt) >= vocab:
-                raise LmlabError(f"prompt {i} has token ids outside the vocabulary of {vocab}")
-
-    # ---- the loop -------------------------------------------------------------------------------
-    def _run(
-        self,
-        prompts: Sequence[Sequence[int]],
-        cfg: GenerationConfig,
-        holder: list[list[Generation]],
-    ) -> Iterator[tuple[int, int]]:
-        """Validate now (so a bad request fails before any streaming starts), then return the
-        step generator."""
-        prompts = [[int(t) for t in p] for p in prompts]
-        self._check(prompts, cfg)
-        policy = make_policy(
-            cfg.kv_policy,
-            cfg.kv_budget,
-            window=cfg.kv_window,
-            kernel=cfg.kv_kernel,
-            sinks=cfg.kv_sinks,
-            pooling=cfg.kv_pooling,
-            seed=cfg.seed,
-        )
-        return self._steps(prompts, cfg, policy, holder)
-
-    def _steps(
-        self,
-        prompts: list[list[int]],
-        cfg: GenerationConfig,
-        policy: KVPolicy,
-        holder: list[list[Generation]],
-    ) -> Iterator[tuple[int, int]]:
-        """Yields (row, token) as tokens are produced; appends the results to `holder` at the end.
-        Inference mode is entered per model call so it never leaks into the consumer between
-        yields."""
-        B, T = len(prompts), max(len(p) for p in prompts)
-        pads = [T - len(p) for p in prompts]
-        ids = torch.tensor([[0] * pad + p for pad, p in zip(pads, prompts, strict=True)])
-        stops, banned = set(cfg.stop_tokens), list(dict.fromkeys(cfg.banned_tokens))
-        gens = [
-            torch.Generator(device=self.device).manual_seed(row_seed(cfg.seed, i)) for i in range(B)
+        requests = [
+            Request([int(t) for t in p], replace(cfg, seed=row_seed(cfg.seed, i)))
+            for i, p in enumerate(prompts)
         ]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            t0 = self._clock()
-            cache = KVCache(
-                B,
-                self.model_cfg.n_layer,
-                T + cfg.max_new_tokens,
-                left_pad=pads,
-                record_queries=policy.query_window,
-            )
-            with torch.inference_mode():
-                logits = self.model(ids.to(self.device), kv_cache=cache, last_only=True)[:, -1]
-                retained = cache.compress(policy)
-            t1 = self._clock()
-            prefill_s = t1 - t0
+        for i, r in enumerate(requests):
+            err = self.check(r)
+            if err:
+                raise LmlabError(f"prompt {i}: {err}" if len(requests) > 1 else err)
+        return [g for res in self.run(requests) for g in res.samples]
 
-            out: list[list[int]] = [[] for _ in range(B)]
-            finish: list[str | None] = [None] * B
-            stop_token: list[int | None] = [None] * B
-            decode_s = [0.0] * B
-            active = list(range(B))
-            if cfg.max_new_tokens == 0:
-                finish = ["length"] * B
-                active = []
-            while active:
-                with torch.inference_mode():
-                    nxt = sample_next(
-                        logits,
-                        [gens[i] for i in active],
-                        temperature=cfg.temperature,
-                        top_k=cfg.top_k,
-                        top_p=cfg.top_p,
-                        banned=banned,
-                    )
-                keep, produced = [], []
-                for j, (row, tok) in enumerate(zip(active, nxt.tolist(), strict=True)):
-                    if tok in stops:
-                        finish[row], stop_token[row] = "stop", tok
-                    else:
-                        out[row].append(tok)
-                        produced.append((row, tok))
-                        if len(out[row]) >= cfg.max_new_tokens:
-                            finish[row] = "length"
-                    if finish[row] is None:
-                        keep.append(j)
-                    else:
-                        decode_s[row] = self._clock() - t1
-                yield from produced
-                if not keep:
-                    break
-                if len(keep) < len(active):
-                    cache.select_rows(keep)
-                    active = [active[j] for j in keep]
-                    nxt = nxt[torch.tensor(keep, device=nxt.device)]
-                with torch.inference_mode():
-                    logits = self.model(nxt[:, None], kv_cache=cache)[:, -1]
-        finally:
-            self.model.train(was_training)
+    def stream(self, requests: Sequence[Request], max_rows: int | None = None) -> Iterator[Event]:
+        """Events as tokens are produced, for a whole batch of requests (text deltas included).
+        An invalid request raises LmlabError here, before any work, so a stream never starts on
+        a bad request (a scheduler that must keep going uses `batch()` instead)."""
+        requests = [_as_request(r) for r in requests]
+        for i, r in enumerate(requests):
+            err = self.check(r)
+            if err:
+                raise LmlabError(f"request {i}: {err}" if len(requests) > 1 else err)
+        batch = self.batch(max_rows=max_rows, text_deltas=True)
+        for i, r in enumerate(requests):
+            batch.add(r, index=i)
 
-        results = []
-        for row in range(B):
-            n_out = len(out[row])
-            results.append(
-                Generation(
-                    tokens=out[row],
-                    text=self.tokenizer.decode(out[row]) if self.tokenizer is not None else None,
-                    finish_reason=finish[row],  # type: ignore[arg-type]
-                    prompt_tokens=len(prompts[row]),
-                    prefill_s=prefill_s,
-                    decode_s=decode_s[row],
-                    decode_tokens_per_s=n_out / decode_s[row] if decode_s[row] > 0 else 0.0,
-                    kv_retained=retained[row],
-                    stop_token=stop_token[row],
-                )
-            )
-        holder.append(results)
+        def events() -> Iterator[Event]:
+            while batch.has_work:
+                yield from batch.step()
 
-    def _clock(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return events()
+
+
+def _as_request(r: Request | Sequence[int]) -> Request:
+    return r if isinstance(r, Request) else Request([int(t) for t in r])

@@ -149,22 +149,32 @@ class KVCache:
         self.queries[layer] = q[:, :, T - w :]
 
     # ---- compression and batch bookkeeping ------------------------------------------------------
-    def compress(self, policy: KVPolicy) -> list[list[int]]:
-        """Apply `policy` to each row's prompt; returns retained_lengths()."""
+    def compress(
+        self, policy: KVPolicy | Sequence[KVPolicy], rows: Sequence[int] | None = None
+    ) -> list[list[int]]:
+        """Apply `policy` (one for the batch, or one per row) to each row's prompt; returns
+        retained_lengths(). `rows[b]` is the row number a policy sees (its random stream);
+        default b. The engine passes 0 for every request so a request's selection never depends
+        on where it sits in a batch."""
         if self.k is None or self.prefill_len is None or self.pos != self.prefill_len:
             raise LmlabError("KV compression runs once, right after a single prefill chunk")
         if self.compressed:
             raise LmlabError("KV cache was already compressed")
-        need = self.prefill_len if policy.query_window < 0 else min(policy.query_window, self.pos)
+        policies = [policy] * self.batch_size if isinstance(policy, KVPolicy) else list(policy)
+        if len(policies) != self.batch_size:
+            raise ValueError(f"{len(policies)} policies for a batch of {self.batch_size}")
+        rows = list(range(self.batch_size)) if rows is None else list(rows)
         have = 0 if self.queries is None else self.queries.shape[3]
-        if have < need:
-            raise LmlabError(
-                f"KV policy {policy.name!r} needs the last {need} prefill queries, the cache "
-                f"recorded {have} (create the KVCache with record_queries=policy.query_window)"
-            )
+        for p in policies:
+            need = self.prefill_len if p.query_window < 0 else min(p.query_window, self.pos)
+            if have < need:
+                raise LmlabError(
+                    f"KV policy {p.name!r} needs the last {need} prefill queries, the cache "
+                    f"recorded {have} (create the KVCache with record_queries=policy.query_window)"
+                )
         n_layer, B, n_kv, _, D = self.k.shape
-        keep = [policy.kept_length(n) for n in self.seen]
-        if keep == self.seen:  # the policy keeps everything (full, or budget 1.0): no copy
+        keep = [p.kept_length(n) for p, n in zip(policies, self.seen, strict=True)]
+        if keep == self.seen:  # every policy keeps everything (full, or budget 1.0): no copy
             self.queries, self.compressed = None, True
             return self.retained_lengths()
         length = max(keep) + (self.capacity - self.pos)
@@ -178,9 +188,11 @@ class KVCache:
                 queries = keys.new_zeros(n_layer, 0, 0, D)
             else:  # the recorded window's real (non-padding) queries
                 queries = self.queries[:, b, :, max(0, self.queries.shape[3] - n) :]
-            idx = policy.select(keys, queries, b)  # [L, Hkv, k]
+            idx = policies[b].select(keys, queries, rows[b])  # [L, Hkv, k]
             if idx.shape[-1] != keep[b]:
-                raise RuntimeError(f"policy {policy.name} kept {idx.shape[-1]}, expected {keep[b]}")
+                raise RuntimeError(
+                    f"policy {policies[b].name} kept {idx.shape[-1]}, expected {keep[b]}"
+                )
             gather = idx[..., None].expand(-1, -1, -1, D)
             k_new[:, b, :, : keep[b]] = keys.gather(2, gather)
             v_new[:, b, :, : keep[b]] = values.gather(2, gather)
@@ -211,3 +223,52 @@ class KVCache:
         self.seen = [self.seen[r] for r in rows]
         self.left_pad = [self.left_pad[r] for r in rows]
         self.batch_size = len(rows)
+
+    def trim(self) -> None:
+        """Drop the leading slots that no row attends to any more (after rows left the batch),
+        so a batch that keeps running never grows past what its rows hold."""
+        if self.valid is None or self.pos == 0:
+            return
+        used = self.valid[:, :, : self.pos].any(dim=0).any(dim=0)  # [pos]
+        if not bool(used.any()):
+            return
+        first = int(used.nonzero()[0])
+        if first == 0:
+            return
+        self.k, self.v = self.k[:, :, :, first:], self.v[:, :, :, first:]
+        self.valid = self.valid[:, :, first:]
+        self.pos -= first
+        self.capacity -= first
+
+    @classmethod
+    def concat(cls, caches: Sequence[KVCache], room: int) -> KVCache:
+        """One cache holding every row of `caches` (each past its prefill), with `room` free slots
+        after the longest. Rows are right-aligned: slot indices carry no position (keys are
+        already rotated and `seen` holds each row's position), so a shorter cache's rows get
+        invalid slots in front."""
+        caches = [c for c in caches if c.batch_size]
+        if not caches:
+            raise ValueError("nothing to concatenate")
+        if any(c.k is None or c.prefill_len is None for c in caches):
+            raise ValueError("only caches past their prefill can be concatenated")
+        first = caches[0]
+        pos = max(c.pos for c in caches)
+        n_layer, _, n_kv, _, D = first.k.shape
+        B = sum(c.batch_size for c in caches)
+        out = cls(B, first.n_layer, pos + room)
+        out.k = first.k.new_zeros(n_layer, B, n_kv, pos + room, D)
+        out.v = first.v.new_zeros(n_layer, B, n_kv, pos + room, D)
+        out.valid = torch.zeros(n_layer, B, pos + room, dtype=torch.bool, device=first.k.device)
+        b = 0
+        for c in caches:
+            rows = slice(b, b + c.batch_size)
+            shift = pos - c.pos
+            out.k[:, rows, :, shift:pos] = c.k[:, :, :, : c.pos]
+            out.v[:, rows, :, shift:pos] = c.v[:, :, :, : c.pos]
+            out.valid[:, rows, shift:pos] = c.valid[:, :, : c.pos]
+            b += c.batch_size
+        for layer in first.conv_state:
+            out.conv_state[layer] = torch.cat([c.conv_state[layer] for c in caches])
+        out.seen = [s for c in caches for s in c.seen]
+        out.pos, out.prefill_len, out.compressed = pos, pos, True
+        return out

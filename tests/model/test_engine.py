@@ -2,6 +2,7 @@ import pytest
 
 from lmlab.errors import LmlabError
 from lmlab.model import Engine, GenerationConfig
+from lmlab.model.engine import Request
 from tests.model.tiny import V, prompts, tiny_model
 
 
@@ -99,13 +100,15 @@ def test_sampling_is_seed_deterministic(engine):
 def test_context_overflow_names_the_numbers(engine):
     with pytest.raises(LmlabError) as err:
         engine.generate(prompts(5, 60), GenerationConfig(max_new_tokens=40))
-    assert str(err.value) == ("prompt of 60 tokens + 40 new tokens exceeds the context of 96 by 4")
+    assert str(err.value) == (
+        "prompt 1: prompt of 60 tokens + 40 new tokens exceeds the context of 96 by 4"
+    )
 
 
 @pytest.mark.parametrize(
     "batch, cfg, words",
     [
-        ([[1, 2], []], GenerationConfig(), "prompt 1 is empty"),
+        ([[1, 2], []], GenerationConfig(), "prompt 1: prompt is empty"),
         ([], GenerationConfig(), "no prompts"),
         ([[1, 99]], GenerationConfig(), "outside the vocabulary"),
         ([[1]], GenerationConfig(top_p=0.0), "top_p"),
@@ -121,11 +124,13 @@ def test_bad_requests_are_lmlab_errors(engine, batch, cfg, words):
 def test_stream_yields_the_same_tokens(engine):
     prompt = prompts(10, seed=5)[0]
     cfg = GenerationConfig(max_new_tokens=8, kv_policy="streamingllm", kv_budget=0.5)
-    stream = engine.stream(prompt, cfg)
-    streamed = list(stream)
-    assert streamed == engine.generate([prompt], cfg)[0].tokens
-    assert stream.result is not None and stream.result.tokens == streamed
-    assert stream.result.kv_retained == [5, 5]
+    events = list(engine.stream([Request(prompt, cfg)]))
+    streamed = [e.token for e in events if e.token is not None]
+    (result,) = engine.run([Request(prompt, cfg)])
+    assert streamed == result.samples[0].tokens
+    assert events[-1].done is not None and events[-1].done.tokens == streamed
+    assert all(e.done is None for e in events[:-1])
+    assert events[-1].done.kv_retained == [5, 5]
 
 
 def test_tokenizer_text_and_training_flag_restored():
@@ -148,4 +153,4 @@ def test_zero_new_tokens(engine):
 
 def test_stream_validates_before_iteration(engine):
     with pytest.raises(LmlabError, match="exceeds the context"):
-        engine.stream([1] * 90, GenerationConfig(max_new_tokens=10))
+        engine.stream([Request([1] * 90, GenerationConfig(max_new_tokens=10))])
