@@ -9,6 +9,7 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.interop.mapping import family_for, hf_config, model_config_from_hf
 from lmlab.model.config import ModelConfig
+from lmlab.text.chat import render_for_completion
 from lmlab.text.hf_pretrained import PretrainedTokenizer
 from lmlab.text.tokenizer import load_tokenizer
 from tests.interop.tiny_hf import tiny_hf_tokenizer
@@ -98,11 +99,32 @@ def test_wrapped_tokenizer_contract(tmp_path):
 
 
 def test_tokenizer_without_chat_template_refuses_chat(tmp_path):
-    from lmlab.text.chat import render_for_completion
-
     hf = tiny_hf_tokenizer()
     hf.chat_template = None
     tok = PretrainedTokenizer(hf)
     assert tok.eot_id == hf.eos_token_id and tok.special_id("user") == tok.bos_id
     with pytest.raises(LmlabError, match="no chat template"):
         render_for_completion(tok, [{"role": "user", "content": "hi"}])
+
+
+def test_special_names_follow_each_template_layout():
+    from tests.interop.tiny_hf import tiny_llama3_tokenizer
+
+    def names(tok):
+        return {n: tok.id_to_piece(i) for n, i in tok.special_ids.items() if n != "pad"}
+
+    llama3 = PretrainedTokenizer(tiny_llama3_tokenizer())
+    assert names(llama3) == {
+        "bos": "<|begin_of_text|>",
+        "eot": "<|eot_id|>",
+        **dict.fromkeys(("system", "user", "assistant"), "<|start_header_id|>"),
+    }
+    smol = PretrainedTokenizer(tiny_hf_tokenizer(bos=True))  # SmolLM2: bos is <|im_start|>
+    assert names(smol) == {
+        "bos": "<|im_start|>",
+        "eot": "<|im_end|>",
+        **dict.fromkeys(("system", "user", "assistant"), "<|im_start|>"),
+    }
+    msgs = [{"role": "user", "content": "Hello"}]
+    want = llama3.hf.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
+    assert render_for_completion(llama3, msgs) == list(want)

@@ -32,15 +32,38 @@ SHAPES = {
 }
 
 
-def tiny_hf_tokenizer(vocab_size: int = 300, bos: bool = False):
-    """A byte-level BPE `PreTrainedTokenizerFast` with ChatML specials and template."""
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
+
+
+def tiny_llama3_tokenizer():
+    """Llama 3's layout: bos <|begin_of_text|>, turns in header tokens, <|eot_id|> ends a turn."""
+    return tiny_hf_tokenizer(
+        specials=LLAMA3_SPECIALS,
+        template=LLAMA3,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token=None,
+    )
+
+
+def tiny_hf_tokenizer(
+    vocab_size: int = 300, bos: bool = False, specials=None, template=CHATML, **named
+):
+    """A byte-level BPE `PreTrainedTokenizerFast`, by default with ChatML specials and template
+    (`bos=True`: SmolLM2-Instruct's layout, whose bos is <|im_start|>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = specials or ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,
@@ -48,13 +71,13 @@ def tiny_hf_tokenizer(vocab_size: int = 300, bos: bool = False):
         show_progress=False,
     )
     raw.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|im_start|>" if bos else None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHATML,
-    )
+    names = {
+        "bos_token": "<|im_start|>" if bos else None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        **named,
+    }
+    return PreTrainedTokenizerFast(tokenizer_object=raw, chat_template=template, **names)
 
 
 def tiny_hf_config(model_type: str, vocab_size: int, **over):
