@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.lmlab-installed
 # torch first and pinned: 2.13.0 is a CPU build already on disk here; an unpinned torch
 # would pull several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,hf,serve
+EXTRAS ?= dev,hf,serve,embed
 
 .PHONY: install demo test bench lint format clean
 

@@ -21,7 +21,14 @@ from lmlab.studies.preference.pairs import write_jsonl
 from lmlab.studies.preference.score import bootstrap_mean_ci, score_pairs, summarize, wilson
 from lmlab.studies.preference.synthetic import TOPICS, SyntheticSpec, generate, vocabulary
 
-ARMS = {"uniform": {}, "density": {"density_aware": True, "weighting": "sampler"}}
+# "oracle" is a diagnostic, not a method: it samples every topic equally often (weights from the
+# generator's topic labels, which a real data set does not have), to show what up-weighting the
+# rare prompts can do at this budget when the weights are as strong as they can usefully be.
+ARMS = {
+    "uniform": {},
+    "density": {"density_aware": True, "weighting": "sampler"},
+    "oracle": {"density_aware": True, "weighting": "sampler", "embeddings": "oracle_weights"},
+}
 RM_DEMO = {
     "steps": 200,
     "micro_batch": 32,
@@ -52,7 +59,26 @@ def prepare_data(out: Path, k: int, eps: float, echo) -> dict:
         compute_embeddings(data / "prefixes_all.jsonl", data / "embeddings", "minilm", k, eps)
         echo(f"embedded {len(train)} prompts with MiniLM in {time.time() - t0:.0f} s")
         write_viz(data / "embeddings", data / "prefixes_all.jsonl", out / "viz")
+        write_oracle_weights(data)
     return json.loads((data / "embeddings" / "embeddings_metadata.json").read_text())
+
+
+def write_oracle_weights(data: Path) -> None:
+    """data/oracle_weights: the embeddings folder with each prefix weighted 1 / (training
+    prompts of its topic), so that every topic is drawn equally often."""
+    import shutil
+    from collections import Counter
+
+    from lmlab.studies.preference.pairs import read_pairs
+
+    src, dst = data / "embeddings", data / "oracle_weights"
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    topic = {p["prefix_id"]: p["topic"] for p in read_pairs(data / "pairs_all.jsonl")}
+    count = Counter(topic.values())
+    ids = json.loads((src / "ids.json").read_text())
+    w = np.array([1.0 / count[topic[i]] for i in ids])
+    np.save(dst / "density_weights.npy", (w / w.sum()).astype(np.float32))
+    np.save(dst / "loss_weights.npy", (w / w.mean()).astype(np.float32))
 
 
 def train_arm(out: Path, arm: str, seed: int, steps: int, echo) -> Path:
@@ -73,9 +99,9 @@ def train_arm(out: Path, arm: str, seed: int, steps: int, echo) -> Path:
             "data": {"tokenizer": str(data / "tokenizer")},
             "recipe_args": {
                 "pairs": str(data / "pairs_all.jsonl"),
-                "embeddings": str(data / "embeddings"),
                 "prefixes": str(data / "prefixes_all.jsonl"),
                 **ARMS[arm],
+                "embeddings": str(data / ARMS[arm].get("embeddings", "embeddings")),
             },
         }
     )
@@ -86,22 +112,26 @@ def train_arm(out: Path, arm: str, seed: int, steps: int, echo) -> Path:
 
 
 def weight_by_kind(data: Path) -> dict:
-    """Mean density weight of the training prompts of each kind, and their share of draws."""
+    """Mean density and weight of the training prompts of each kind, and their share of the
+    draws under each arm."""
     from lmlab.studies.preference.embed import load_weights
     from lmlab.studies.preference.pairs import read_pairs
 
     weights = load_weights(data / "embeddings")
+    oracle = load_weights(data / "oracle_weights")
     pairs = read_pairs(data / "pairs_all.jsonl")
     out = {}
-    total = sum(weights[p["prefix_id"]]["weight"] for p in pairs)
     for kind in ("rare", "common"):
-        sel = [weights[p["prefix_id"]] for p in pairs if p["kind"] == kind]
+        mine = [p["prefix_id"] for p in pairs if p["kind"] == kind]
         out[kind] = {
-            "pairs": len(sel),
-            "share_uniform": len(sel) / len(pairs),
-            "share_density": sum(w["weight"] for w in sel) / total,
-            "mean_density": float(np.mean([w["density"] for w in sel])),
-            "mean_loss_weight": float(np.mean([w["loss_weight"] for w in sel])),
+            "pairs": len(mine),
+            "mean_density": float(np.mean([weights[i]["density"] for i in mine])),
+            "mean_loss_weight": float(np.mean([weights[i]["loss_weight"] for i in mine])),
+            "share_uniform": len(mine) / len(pairs),
+            "share_density": sum(weights[i]["weight"] for i in mine)
+            / sum(weights[p["prefix_id"]]["weight"] for p in pairs),
+            "share_oracle": sum(oracle[i]["weight"] for i in mine)
+            / sum(oracle[p["prefix_id"]]["weight"] for p in pairs),
         }
     return out
 
@@ -143,41 +173,53 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _cell(r: dict) -> str:
+    return f"{pct(r['mean'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}] ±{pct(r['seed_std'])}"
+
+
 def report_text(meta: dict, kinds: dict, results: dict, seeds: list[int], steps: int) -> str:
+    common = ", ".join(t.name for t in TOPICS if t.kind == "common")
+    rare = ", ".join(f"{t.name} ({t.rule})" for t in TOPICS if t.kind == "rare")
+    w = meta["weights"]
     lines = [
         "# Density-aware reward models on a synthetic preference set",
         "",
-        f"{len(TOPICS)} topics: {', '.join(t.name for t in TOPICS if t.kind == 'common')} "
-        f"common; {', '.join(t.name for t in TOPICS if t.kind == 'rare')} rare. "
-        f"MiniLM embeddings, k={meta['k']}, eps={meta['eps']}; reward models trained "
-        f"{steps} steps per seed (seeds {', '.join(map(str, seeds))}).",
+        f"Common topics: {common}. Rare topics: {rare}. MiniLM embeddings of the first user "
+        f"message, k={meta['k']}, eps={meta['eps']}; each reward model trains {steps} steps of "
+        f"{RM_DEMO['micro_batch']} pairs; seeds {', '.join(map(str, seeds))}. Arms: uniform "
+        "(shuffled pairs), density (drawn by 1/(density+eps), the seed's method) and oracle "
+        "(a diagnostic: every topic drawn equally often, from the generator's labels).",
         "",
         "## Weights",
         "",
-        "| prompts | train pairs | mean density | mean weight (mean 1) | share of draws, uniform | share, density-aware |",
-        "|---|---|---|---|---|---|",
+        "| prompts | train pairs | mean density | mean weight (mean 1) "
+        "| share of draws: uniform | density | oracle |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, k in kinds.items():
         lines.append(
             f"| {kind} | {k['pairs']} | {k['mean_density']:.3f} | {k['mean_loss_weight']:.2f} | "
-            f"{pct(k['share_uniform'])} | {pct(k['share_density'])} |"
+            f"{pct(k['share_uniform'])} | {pct(k['share_density'])} | {pct(k['share_oracle'])} |"
         )
-    w = meta["weights"]
     lines += [
         "",
-        f"Weight range (sum 1): {w['min']:.3g} – {w['max']:.3g}, max/median {w['ratio_max_median']:.2f}.",
+        f"Weight range (sum 1): {w['min']:.3g} – {w['max']:.3g}, max/median "
+        f"{w['ratio_max_median']:.2f}, max/min {w['ratio_max_min']:.2f}.",
         "",
-        "## Held-out accuracy (mean over seeds, 95% bootstrap interval over test prompts)",
+        "## Held-out accuracy",
         "",
-        "| group | n | uniform | density-aware | difference |",
-        "|---|---|---|---|---|",
+        "Mean over seeds [95% bootstrap interval over the test prompts] ± standard deviation "
+        "across seeds. `rare-reversed`: rare topics whose rule reverses a common topic's; "
+        "`rare-novel`: rare topics with markers no common topic uses.",
+        "",
+        "| group | n | " + " | ".join(ARMS) + " | density − uniform |",
+        "|---|---|" + "---|" * len(ARMS) + "---|",
     ]
     u, d = results["uniform"], results["density"]
     for g in [k for k in u if k != "per_seed"]:
+        cells = " | ".join(_cell(results[a][g]) for a in ARMS)
         lines.append(
-            f"| {g} | {u[g]['n']} | {pct(u[g]['mean'])} [{pct(u[g]['ci95'][0])}, "
-            f"{pct(u[g]['ci95'][1])}] | {pct(d[g]['mean'])} [{pct(d[g]['ci95'][0])}, "
-            f"{pct(d[g]['ci95'][1])}] | {100 * (d[g]['mean'] - u[g]['mean']):+.1f} pts |"
+            f"| {g} | {u[g]['n']} | {cells} | {100 * (d[g]['mean'] - u[g]['mean']):+.1f} pts |"
         )
     lines += [
         "",
@@ -223,8 +265,7 @@ def run_demo(
     text += f"\nThis run took {wall:.0f} s of wall time (reused steps count as zero).\n"
     atomic_write_text(out / "report.md", text)
     for g in ("rare", "common"):
-        u, d = results["uniform"][g]["mean"], results["density"][g]["mean"]
-        echo(f"{g}: uniform {pct(u)}, density-aware {pct(d)} ({100 * (d - u):+.1f} pts)")
+        echo(f"{g}: " + ", ".join(f"{a} {pct(results[a][g]['mean'])}" for a in ARMS))
     echo(f"demo finished in {wall:.0f} s")
     return out / "report.md"
 
