@@ -166,3 +166,16 @@ def test_runs_ls_and_show(tmp_path, lmlab_cli):
     assert "state: done" in out and "x: 1" in out
     bad = lmlab_cli("runs", "show", tmp_path / "nope")
     assert bad.returncode != 0 and "not a run directory" in bad.stderr
+
+
+def test_noop_training_rerun_keeps_status_json(tmp_path, lmlab_cli):
+    """The issue's reproduction: a finished `lmlab train` run, rerun, keeps its record."""
+    run_dir = tmp_path / "run"
+    args = ["train", "--profile", "smoke", "--run-dir", run_dir]
+    for s in ("steps=4", "schedule.warmup_steps=1", "eval_every=0", "progress=false"):
+        args += ["--set", s]
+    lmlab_cli(*args, check=0)
+    first = (run_dir / "status.json").read_text()
+    assert json.loads(first)["state"] == "done"
+    lmlab_cli(*args, check=0)
+    assert (run_dir / "status.json").read_text() == first  # started/finished/wall_s/argv kept
