@@ -116,8 +116,7 @@ class OpenAIBench(BenchEngine):
             "kv_pooling": options.pooling,
             "kv_sinks": options.sinks,
         }
-        if gen.stop_at_newline:
-            body["stop"] = ["\n"]
+        body["stop"] = ["\n"] if gen.stop_at_newline else []  # explicit: some servers need it
         if self.cfg.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": it.prompt}]
             return f"{self.base}/chat/completions", body
