@@ -193,3 +193,18 @@ def test_unknown_policy_for_the_engine_is_refused_before_any_row(tiny):
 def test_config_defaults_validate():
     cfg = validate(KvbenchConfig, {})
     assert cfg.dataset.dataset_id == "longbench__narrativeqa"
+
+
+def test_kvpress_engine_without_kvpress_says_how_to_get_it(tiny):
+    # kvpress pins transformers<5.3, so it is not installed next to lmlab
+    try:
+        import kvpress  # noqa: F401
+
+        pytest.skip("kvpress is installed here")
+    except ImportError:
+        pass
+    path = tiny(**{"engine": {"kind": "kvpress", "model": "some/model"}})
+    bench = Bench(load_config(path, None), source=str(path), echo=lambda s: None)
+    with pytest.raises(LmlabError, match=r"stage prepare: .*needs the kvpress package"):
+        bench.stage("prepare")
+    assert db_counts(bench.out / "kvbench.sqlite")["examples"] == 0
