@@ -57,7 +57,6 @@ def minilm_embedder(batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
     return embed
 
 
-@torch.no_grad()
 def checkpoint_embedder(run: str, batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
     """Masked mean of the final hidden states (GPT.hidden) over each text's tokens."""
     from lmlab.model.checkpoint import load_model, load_tokenizer_for
@@ -68,6 +67,7 @@ def checkpoint_embedder(run: str, batch_size: int = 32) -> Callable[[list[str]],
     tok = load_tokenizer_for(run)
     seq_len = gpt.cfg.seq_len
 
+    @torch.no_grad()
     def embed(texts: list[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):

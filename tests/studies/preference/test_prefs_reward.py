@@ -4,6 +4,7 @@ resume and sampling, a toy preference learnt, scoring a checkpoint, and bad inpu
 import collections
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,17 @@ def test_density_aware_without_embeddings_is_an_error():
         TrainConfig.model_validate(
             {"recipe": "reward", "recipe_args": {"pairs": "x", "density_aware": True}}
         )
+
+
+def test_checkpoint_embedder_mean_pools_real_tokens_only(tmp_path):
+    from lmlab.studies.preference.embed import checkpoint_embedder, get_embedder
+
+    run = _train(tmp_path, steps=2)
+    embed = checkpoint_embedder(str(run.path), batch_size=8)
+    alone = embed(["q w1 w2"])
+    batched = embed(["q w1 w2", "q w3 w4 w5 w6 w7 w8 w9 w10 w11 w12"])  # the first row is padded
+    assert alone.shape == (1, 32) and np.allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
+    assert np.allclose(alone[0], batched[0], atol=1e-5)
+    assert not np.allclose(batched[0], batched[1], atol=1e-3)
+    with pytest.raises(LmlabError, match="unknown embedder 'bert'"):
+        get_embedder("bert")

@@ -56,7 +56,7 @@ def test_page_is_self_contained_and_json_has_every_prompt(viz_dir):
     page = (viz_dir / "embeddings_3d.html").read_text()
     assert "http://" not in page.split("<script>")[0] and '<script src="http' not in page
     assert "Plotly.newPlot" in page and len(page) > 1_000_000  # plotly.js is inlined
-    script = page.split("const spec")[1].split("</script>\n</body>")[0]
+    script = page.split("const spec")[1].split("</script></body>")[0]
     assert "</script>" not in script  # a prompt cannot close the page's script early
 
 
