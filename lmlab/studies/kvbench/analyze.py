@@ -180,31 +180,21 @@ def write_plots(stats: list[dict], plot_dir: Path, bins: list[int]) -> list[Path
             out[p] = (series, bands)
         return out
 
-    d = plot_dir
+    specs = (  # (file, statistic, y label, y limits)
+        (PLOTS[0], "mean", "accuracy", (-0.02, 1.02)),
+        (PLOTS[1], "fail_rate", "failure rate", (-0.02, 1.02)),
+        (PLOTS[2], "latency_p50", "latency p50 (s)", None),
+    )
     paths = [
         line_grid(
-            panels("mean"),
-            d / PLOTS[0],
+            panels(key),
+            plot_dir / name,
             xlabel="length bin",
-            ylabel="accuracy",
+            ylabel=ylabel,
             xticklabels=labels,
-            ylim=(-0.02, 1.02),
-        ),
-        line_grid(
-            panels("fail_rate"),
-            d / PLOTS[1],
-            xlabel="length bin",
-            ylabel="failure rate",
-            xticklabels=labels,
-            ylim=(-0.02, 1.02),
-        ),
-        line_grid(
-            panels("latency_p50"),
-            d / PLOTS[2],
-            xlabel="length bin",
-            ylabel="latency p50 (s)",
-            xticklabels=labels,
-        ),
+            ylim=ylim,
+        )  # fmt: skip
+        for name, key, ylabel, ylim in specs
     ]
     heat = {}
     for p in policies:
@@ -216,7 +206,7 @@ def write_plots(stats: list[dict], plot_dir: Path, bins: list[int]) -> list[Path
     paths.append(
         heatmap_grid(
             heat,
-            d / PLOTS[3],
+            plot_dir / PLOTS[3],
             xlabel="length bin",
             ylabel="budget (low to high)",
             vmin=0.0,

@@ -102,7 +102,10 @@ def write_report(
             for s in stats
         ],
     )
-    r.section("Overall (all bins)", overall_text(conn, run_ids))
+    r.section(
+        "Overall (all bins)",
+        overall_text(conn, run_ids, cfg.analysis.bootstrap, cfg.analysis.seed),
+    )
     r.section("Plots")
     for name in PLOTS:
         path = out / "plots" / name
@@ -140,17 +143,22 @@ def write_report(
     return r.write(out / "report.md")
 
 
-def overall_text(conn: sqlite3.Connection, run_ids: list[str]) -> str:
+def run_rows(conn: sqlite3.Connection, run_ids: list[str], cols: str, table: str) -> list[dict]:
+    """policy, budget and `cols` of every request of the runs, joined with `table` on request."""
+    marks = ",".join("?" for _ in run_ids)
+    return db.rows(
+        conn,
+        f"SELECT u.policy, u.budget, {cols} FROM requests q JOIN runs u USING (run_id) "
+        f"JOIN {table} USING (request_id) WHERE q.run_id IN ({marks})",  # noqa: S608
+        tuple(run_ids),
+    )
+
+
+def overall_text(conn: sqlite3.Connection, run_ids: list[str], n_boot: int, seed: int) -> str:
     """Mean accuracy per (policy, budget) over every example, with the paired difference to full."""
     from lmlab.studies.kvbench.stats import bootstrap_ci, rng_for
 
-    marks = ",".join("?" for _ in run_ids)
-    rows = db.rows(
-        conn,
-        "SELECT u.policy, u.budget, q.example_id, s.score FROM requests q JOIN runs u "
-        f"USING (run_id) JOIN scores s USING (request_id) WHERE q.run_id IN ({marks})",  # noqa: S608
-        tuple(run_ids),
-    )
+    rows = run_rows(conn, run_ids, "q.example_id, s.score", "scores s")
     cells: dict = {}
     for x in rows:
         cells.setdefault((x["policy"], x["budget"]), {})[x["example_id"]] = x["score"]
@@ -161,9 +169,9 @@ def overall_text(conn: sqlite3.Connection, run_ids: list[str]) -> str:
     ]
     for (p, b), sc in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
         vals = list(sc.values())
-        lo, hi = bootstrap_ci(vals, 2000, rng_for(0, p, b, "overall"))
+        lo, hi = bootstrap_ci(vals, n_boot, rng_for(seed, p, b, "overall"))
         d = [sc[e] - ref[e] for e in sc if e in ref]
-        dlo, dhi = bootstrap_ci(d, 2000, rng_for(0, p, b, "overall-diff"))
+        dlo, dhi = bootstrap_ci(d, n_boot, rng_for(seed, p, b, "overall-diff"))
         mean_d = sum(d) / len(d) if d else float("nan")
         lines.append(
             f"| {p} | {b:g} | {len(vals)} | {100 * sum(vals) / len(vals):.1f} "
@@ -174,13 +182,7 @@ def overall_text(conn: sqlite3.Connection, run_ids: list[str]) -> str:
 
 
 def kept_lines(conn: sqlite3.Connection, run_ids: list[str]) -> list[str]:
-    marks = ",".join("?" for _ in run_ids)
-    rows = db.rows(
-        conn,
-        "SELECT u.policy, u.budget, t.kv_retained, t.prompt_tokens FROM requests q JOIN runs u "
-        f"USING (run_id) JOIN telemetry t USING (request_id) WHERE q.run_id IN ({marks})",  # noqa: S608
-        tuple(run_ids),
-    )
+    rows = run_rows(conn, run_ids, "t.kv_retained, t.prompt_tokens", "telemetry t")
     seen: dict = {}
     for x in rows:
         kept = json.loads(x["kv_retained"]) if x["kv_retained"] else None
