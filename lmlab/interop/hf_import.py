@@ -36,10 +36,17 @@ def _read_config(src: Path) -> dict:
 def hf_model_config(src: Path, seq_len: int | None = None):
     """(ModelConfig, family, transformers config) of the model in `src`; clear errors first."""
     raw = _read_config(src)
-    model_config_from_hf(raw, seq_len)  # an unsupported model_type or field fails here, by name
+    try:  # an unsupported model_type or field fails here, by name, before transformers reads it
+        model_config_from_hf(raw, seq_len)
+    except (TypeError, ValueError, KeyError):
+        pass  # a field left to the class default: transformers fills it in below
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
+    try:
+        hf = AutoConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LmlabError(f"{src / 'config.json'}: transformers cannot read it ({first})") from None
     cfg, family = model_config_from_hf(hf, seq_len)  # with transformers' defaults filled in
     return cfg, family, hf
 

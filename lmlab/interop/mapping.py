@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
@@ -213,7 +214,19 @@ def model_config_from_hf(hf: Any, seq_len: int | None = None) -> tuple[ModelConf
     heads = int(_get(hf, "num_attention_heads"))
     width = int(_get(hf, "hidden_size"))
     softcap = _get(hf, "final_logit_softcapping") if family.model_type == "nanochat" else None
-    cfg = ModelConfig(
+    try:
+        cfg = _model_config(hf, family, heads, width, context, softcap)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        what = f"{where}: " if where else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        raise LmlabError(f"lmlab cannot build this model's shape: {what}{msg}") from None
+    return cfg, family
+
+
+def _model_config(hf, family, heads, width, context, softcap) -> ModelConfig:
+    return ModelConfig(
         depth=int(_get(hf, "num_hidden_layers")),
         n_embd=width,
         n_head=heads,
@@ -227,7 +240,6 @@ def model_config_from_hf(hf: Any, seq_len: int | None = None) -> tuple[ModelConf
         tie_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
         **{**family.requires, "logit_softcap": softcap},
     )
-    return cfg, family
 
 
 # ---- weights -----------------------------------------------------------------------------------

@@ -128,3 +128,8 @@ def test_special_names_follow_each_template_layout():
     msgs = [{"role": "user", "content": "Hello"}]
     want = llama3.hf.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
     assert render_for_completion(llama3, msgs) == list(want)
+
+
+def test_a_shape_lmlab_cannot_build_is_a_one_line_error():
+    with pytest.raises(LmlabError, match="n_head=16 is not divisible by n_kv_head=5"):
+        model_config_from_hf({**QWEN3_06B, "num_key_value_heads": 5})
