@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lmlab.errors import LmlabError
 from lmlab.studies.preference.pairs import make_pair, write_jsonl
@@ -103,20 +104,25 @@ def test_missing_density_weight_for_a_pair_is_a_clear_error():
         build_items(tok, toy_pairs(2), 32, weights={})
 
 
-def _train(tmp_path, steps, extra_args=None):
+def _config(tmp_path, steps, extra_args=None, eval_every=0):
     import lmlab.studies.preference.recipe  # noqa: F401
     from lmlab.train.config import TrainConfig
-    from lmlab.train.run import train
 
-    write_jsonl(tmp_path / "pairs.jsonl", toy_pairs())
-    build_word_tokenizer(WORDS, tmp_path / "tok")
-    cfg = TrainConfig.model_validate(
+    if not (tmp_path / "pairs.jsonl").exists():
+        write_jsonl(tmp_path / "pairs.jsonl", toy_pairs())
+        build_word_tokenizer(WORDS, tmp_path / "tok")
+    return TrainConfig.model_validate(
         {"name": "rm", "recipe": "reward", "steps": steps, "micro_batch": 16, "device": "cpu",
-         "progress": False, "eval_every": 0, "model": {"depth": 1, "n_embd": 32, "n_head": 2, "seq_len": 24},
+         "progress": False, "eval_every": eval_every, "model": {"depth": 1, "n_embd": 32, "n_head": 2, "seq_len": 24},
          "optim": {"lr": 1e-2}, "data": {"tokenizer": str(tmp_path / "tok")},
          "recipe_args": {"pairs": str(tmp_path / "pairs.jsonl"), "val_frac": 0.2, **(extra_args or {})}}
     )  # fmt: skip
-    return train(cfg, run_dir=tmp_path / "run", resume=False)
+
+
+def _train(tmp_path, steps, extra_args=None):
+    from lmlab.train.run import train
+
+    return train(_config(tmp_path, steps, extra_args), run_dir=tmp_path / "run", resume=False)
 
 
 def test_reward_model_learns_a_separable_preference_and_scores_new_pairs(tmp_path):
@@ -162,3 +168,42 @@ def test_checkpoint_embedder_mean_pools_real_tokens_only(tmp_path):
     assert not np.allclose(batched[0], batched[1], atol=1e-3)
     with pytest.raises(LmlabError, match="unknown embedder 'bert'"):
         get_embedder("bert")
+
+
+def test_density_aware_run_interrupted_after_a_checkpoint_resumes_exactly(tmp_path, monkeypatch):
+    from lmlab.studies.preference.embed import compute_embeddings
+    from lmlab.studies.preference.prefixes import make_prefixes
+    from lmlab.train.run import train
+
+    write_jsonl(tmp_path / "pairs.jsonl", toy_pairs())
+    build_word_tokenizer(WORDS, tmp_path / "tok")
+    make_prefixes(tmp_path / "pairs.jsonl", tmp_path)
+    onehot = lambda texts: np.eye(8, dtype=np.float32)[[len(t) % 8 for t in texts]]  # noqa: E731
+    compute_embeddings(tmp_path / "prefixes_all.jsonl", tmp_path / "emb", "t", k=5, embed_fn=onehot)
+    args = {
+        "density_aware": True,
+        "embeddings": str(tmp_path / "emb"),
+        "prefixes": str(tmp_path / "prefixes_all.jsonl"),
+    }
+    cfg = _config(tmp_path, 8, args, eval_every=4)
+    straight = train(cfg, run_dir=tmp_path / "a")
+
+    calls = {"n": 0}
+    real = PairBatches.next_batch
+
+    def dies_at_step_6(self):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(PairBatches, "next_batch", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir=tmp_path / "b")
+    monkeypatch.setattr(PairBatches, "next_batch", real)
+    resumed = train(cfg, run_dir=tmp_path / "b")
+    a = load_file(straight.path / "checkpoints" / "latest" / "model.safetensors")
+    b = load_file(resumed.path / "checkpoints" / "latest" / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("head.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
