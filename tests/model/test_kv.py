@@ -5,7 +5,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.model import KV_POLICIES, Engine, GenerationConfig, KVCache
-from lmlab.model.kv import attention_scores, kept_length, make_policy
+from lmlab.model.kv import KVPolicy, attention_scores, kept_length, make_policy
 from tests.model.tiny import prompts, tiny_model
 
 
@@ -149,3 +149,221 @@ def test_select_rows_keeps_row_state():
         model(torch.tensor(prompts(4, 4, 4)), kv_cache=cache)
     cache.select_rows([2, 0])
     assert cache.seen == [3, 4] and cache.retained_lengths() == [[3, 3], [4, 4]]
+
+
+# ---- bookkeeping pinned: positions, errors, devices, row dropping, trim, concat ----------------
+
+
+def prefill(model, batch, record=0, extra=4):
+    T = max(len(p) for p in batch)
+    pads = [T - len(p) for p in batch]
+    cache = KVCache(len(batch), model.cfg.n_layer, T + extra, left_pad=pads, record_queries=record)
+    ids = torch.tensor([[0] * pad + p for pad, p in zip(pads, batch, strict=True)])
+    with torch.no_grad():
+        logits = model(ids, kv_cache=cache)[:, -1]
+    return cache, logits
+
+
+def step(model, cache, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(tokens)[:, None], kv_cache=cache)[:, -1]
+
+
+def test_positions_and_max_position_follow_each_rows_real_tokens():
+    cache = KVCache(2, 2, 16, left_pad=[0, 3])
+    assert cache.retained_lengths() == [[0, 0], [0, 0]]  # nothing written yet
+    assert cache.positions(5).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 0, 1]]
+    assert cache.max_position(5) == 4
+    cache.advance(5)
+    assert cache.seen == [5, 2] and cache.left_pad == [0, 0] and cache.prefill_len == 5
+    assert cache.positions(2).tolist() == [[5, 6], [2, 3]] and cache.max_position(2) == 6
+    cache.advance(1)
+    assert cache.seen == [6, 3] and cache.prefill_len == 5 and cache.pos == 6
+    with pytest.raises(ValueError, match="left_pad has 1 rows, batch has 2"):
+        KVCache(2, 2, 8, left_pad=[0])
+
+
+def test_first_chunk_mask_is_causal_padding_aware_and_absent_when_unpadded():
+    plain = KVCache(1, 2, 8)
+    q = torch.zeros(1, 4, 3, 8)
+    kv = torch.zeros(1, 2, 3, 8)
+    assert plain.update(0, q, kv, kv)[2] is None  # SDPA's causal path, no mask
+    padded = KVCache(2, 2, 8, left_pad=[0, 2])
+    _, _, mask = padded.update(0, q.expand(2, -1, -1, -1), kv.expand(2, -1, -1, -1), kv)
+    assert mask.shape == (2, 1, 3, 3)
+    assert mask[0, 0].tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert mask[1, 0].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]  # padding: itself only
+    assert plain.queries is None  # record_queries=0 records nothing
+
+
+def test_recorded_queries_are_the_last_w_of_the_prefill_only():
+    model = tiny_model()
+    cache, _ = prefill(model, prompts(10, 6), record=4)
+    assert cache.queries.shape == (2, 2, 4, 4, 8)  # [L, B, H, W=4, D]
+    step(model, cache, [1, 2])
+    assert cache.queries.shape[3] == 4  # a decode step does not overwrite the prefill's
+    every, _ = prefill(model, prompts(10, 6), record=-1)
+    assert every.queries.shape[3] == 10
+    none, _ = prefill(model, prompts(10, 6))
+    assert none.queries is None
+
+
+def test_compress_errors_name_what_is_wrong():
+    model = tiny_model()
+    # a policy that keeps everything (no copy), and a copy that still ends at the prefill
+    for policies in ([make_policy("full")] * 2, [make_policy("full"), make_policy("h2o", 0.5)]):
+        cache, _ = prefill(model, prompts(8, 8), record=-1)
+        cache.compress(policies)
+        assert cache.pos == cache.prefill_len == 8
+        with pytest.raises(LmlabError) as err:
+            cache.compress(policies)
+        assert str(err.value) == "KV cache was already compressed"
+    fresh = KVCache(1, 2, 8)
+    with pytest.raises(LmlabError) as err:
+        fresh.compress(make_policy("full"))
+    assert str(err.value) == "KV compression runs once, right after a single prefill chunk"
+    cache, _ = prefill(model, prompts(8))
+    for policy, need in [(make_policy("h2o", 0.5), 8), (make_policy("snapkv", 0.5, window=1), 1)]:
+        with pytest.raises(LmlabError) as err:
+            cache.compress(policy)
+        assert str(err.value).startswith(
+            f"KV policy {policy.name!r} needs the last {need} prefill queries, the cache recorded 0"
+        )
+    with pytest.raises(ValueError, match="1 policies for a batch of 2"):
+        prefill(model, prompts(8, 5))[0].compress([make_policy("full")])
+
+    class Greedy(KVPolicy):  # keeps one position too many
+        name = "greedy"
+
+        def kept_length(self, n):
+            return 2
+
+        def select(self, keys, queries, row):
+            return super().select(keys, queries, row)[..., :3]
+
+    with pytest.raises(RuntimeError, match="policy greedy kept 3, expected 2"):
+        prefill(model, prompts(8))[0].compress(Greedy())
+
+
+def test_compress_leaves_room_for_exactly_the_planned_new_tokens():
+    model = tiny_model()
+    cache, _ = prefill(model, prompts(20, 12), extra=3)  # capacity 23
+    cache.compress(make_policy("streamingllm", 0.5))  # keeps 10 and 6
+    assert (cache.pos, cache.capacity) == (10, 13)
+    for _ in range(3):
+        step(model, cache, [1, 2])
+    with pytest.raises(LmlabError, match="KV cache full: 14 slots needed, capacity 13"):
+        step(model, cache, [1, 2])
+
+
+def test_per_row_policies_and_row_numbers():
+    model = tiny_model()
+    batch = prompts(20, 15, seed=2)
+    cache, _ = prefill(model, batch)
+    random = make_policy("random", 0.5, seed=4)
+    got = cache.compress([make_policy("streamingllm", 0.25, sinks=1), random], rows=[0, 0])
+    assert got == [[5, 5], [8, 8]]
+    alone, _ = prefill(model, batch[1:])
+    alone.compress(random)  # row number 0 in both: the same positions, the same keys
+    torch.testing.assert_close(cache.k[:, 1, :, :8], alone.k[:, 0, :, :8])
+    other, _ = prefill(model, batch)
+    other.compress(random)  # default row numbers: row 1 draws its own positions
+    assert not torch.allclose(other.k[:, 1, :, :8], alone.k[:, 0, :, :8])
+
+
+def test_policy_sees_only_the_rows_real_keys_and_queries():
+    seen = []
+
+    class Spy(KVPolicy):
+        name, query_window = "spy", -1
+
+        def kept_length(self, n):
+            return n - 1
+
+        def select(self, keys, queries, row):
+            seen.append((keys.clone(), queries.clone(), row))
+            return super().select(keys, queries, row)[..., 1:]
+
+    model = tiny_model()
+    batch = prompts(9, 5, seed=1)
+    cache, _ = prefill(model, batch, record=-1)
+    old_k = cache.k.clone()
+    cache.compress(Spy())
+    for b, (n, (keys, queries, row)) in enumerate(zip((9, 5), seen, strict=True)):
+        alone, _ = prefill(model, [batch[b]], record=-1)
+        assert row == b and keys.shape[2] == n and queries.shape[2] == n
+        assert torch.equal(keys, old_k[:, b, :, 9 - n : 9])
+        torch.testing.assert_close(queries, alone.queries[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_state_lives_on_the_device_and_dtype_of_its_inputs(monkeypatch):
+    # "meta" tensors carry no data: state built on another device fails to combine with them
+    cache = KVCache(2, 2, 8, left_pad=[0, 2], record_queries=-1)
+    q = torch.empty(2, 4, 5, 8, device="meta", dtype=torch.bfloat16)
+    kv = torch.empty(2, 2, 5, 8, device="meta", dtype=torch.bfloat16)
+    for layer in range(2):
+        keys, values, mask = cache.update(layer, q, kv, kv)
+        assert (keys.device.type, values.device.type, mask.device.type) == ("meta",) * 3
+        assert keys.dtype == values.dtype == torch.bfloat16
+        window = cache.conv_window(layer, torch.empty(2, 5, 3, device="meta"), 3)
+        assert window.device.type == "meta" and window.shape == (2, 7, 3)
+    assert cache.queries.device.type == "meta" and cache.queries.dtype == torch.bfloat16
+    assert cache.valid.device.type == "meta"
+    cache.advance(5)
+    assert cache.positions(1, "meta").device.type == "meta"
+    monkeypatch.setattr(KVCache, "retained_lengths", lambda self: self.valid.device.type)
+    assert cache.compress(make_policy("h2o", 0.6)) == "meta"
+    cache.select_rows([1])
+    assert cache.k.device.type == cache.valid.device.type == "meta"
+    assert cache.conv_state[0].device.type == "meta" and cache.conv_state[0].shape[0] == 1
+
+
+def test_dropping_rows_then_decoding_equals_a_batch_without_them():
+    model = tiny_model(short_conv=3)
+    batch = prompts(7, 12, 4, seed=6)
+    cache, _ = prefill(model, batch, record=-1)
+    cache.select_rows([2, 0])
+    assert cache.batch_size == 2 and cache.left_pad == [0, 0] and cache.seen == [4, 7]
+    assert cache.queries.shape[1] == 2 and all(s.shape[0] == 2 for s in cache.conv_state.values())
+    got = step(model, cache, [3, 5])
+    ref, _ = prefill(model, [batch[2], batch[0]])
+    torch.testing.assert_close(got, step(model, ref, [3, 5]), atol=1e-4, rtol=1e-4)
+
+
+def test_trim_drops_slots_no_row_attends_to():
+    model = tiny_model()
+    batch = prompts(4, 12, seed=3)
+    cache, _ = prefill(model, batch)
+    step(model, cache, [1, 2])
+    cache.select_rows([0])  # the short row: its first 8 slots are padding
+    cache.trim()
+    assert (cache.pos, cache.capacity) == (5, 8) and cache.valid.shape[-1] == 8
+    assert cache.retained_lengths() == [[5, 5]]
+    got = step(model, cache, [9])
+    ref, _ = prefill(model, [batch[0]])
+    step(model, ref, [1])
+    torch.testing.assert_close(got, step(model, ref, [9]), atol=1e-4, rtol=1e-4)
+    cache.trim()  # nothing more to drop
+    assert cache.pos == 6
+    empty = KVCache(1, 2, 4)
+    empty.trim()
+    assert empty.pos == 0
+
+
+def test_concat_right_aligns_rows_and_decodes_like_each_cache_alone():
+    model = tiny_model(short_conv=3)
+    a_rows, b_rows = prompts(9, 4, seed=1), prompts(6, seed=2)
+    a, _ = prefill(model, a_rows)
+    b, _ = prefill(model, b_rows)
+    b.compress(make_policy("streamingllm", 0.5))
+    both = KVCache.concat([a, KVCache(0, 2, 1), b], room=3)
+    assert both.batch_size == 3 and both.seen == [9, 4, 6] and both.pos == 9
+    assert both.capacity == 12 and both.compressed and both.prefill_len == 9
+    assert both.retained_lengths() == [[9, 9], [4, 4], [3, 3]]
+    got = step(model, both, [1, 2, 3])
+    torch.testing.assert_close(got[:2], step(model, a, [1, 2]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[2:], step(model, b, [3]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="nothing to concatenate"):
+        KVCache.concat([KVCache(0, 2, 1)], room=1)
+    with pytest.raises(ValueError, match="only caches past their prefill"):
+        KVCache.concat([KVCache(1, 2, 4)], room=1)
