@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import typer
 import yaml
@@ -119,6 +122,20 @@ def test_smoke_train_then_chat_answers(lmlab_cli, tmp_path):
     assert bad.returncode == 1 and "unknown KV policy 'magic'" in bad.stderr
     long = lmlab_cli("chat", "--ckpt", run, "--prompt", "word " * 300)
     assert long.returncode == 1 and "too many" in long.stderr
+    # interactive: a message longer than the context is an error line, and the session goes on
+    session = subprocess.run(
+        [sys.executable, "-m", "lmlab", "chat", "--ckpt", str(run), "--temperature", "0"],
+        input="word " * 300 + "\nWhat colour is the cat?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert session.returncode == 0 and "too many" in session.stderr
+    assert session.stdout.strip() == reply  # the second message was still answered
+    both = lmlab_cli(
+        "chat", "--ckpt", run, "--system", "x", "--system-file", __file__, "--prompt", "hi"
+    )
+    assert both.returncode == 1 and "--system and --system-file" in both.stderr
 
 
 def test_sweep_over_real_train_seeds(lmlab_cli, tmp_path):
@@ -163,7 +180,8 @@ def test_chat_shrinks_reply_cap_to_fit_a_long_system_prompt(tmp_path):
     import torch
 
     from lmlab.model import GPT, Engine, GenerationConfig, ModelConfig
-    from lmlab.model.cli import MIN_REPLY, answer
+    from lmlab.model.cli import answer
+    from lmlab.text.chat import MIN_REPLY
     from lmlab.text.tokenizer import build_word_tokenizer
 
     tok = build_word_tokenizer([f"w{i}" for i in range(40)])

@@ -26,9 +26,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mp
 
 
 def _load(ckpt: Path, device: str):
+    from lmlab.device import pick_device
     from lmlab.model.checkpoint import load_checkpoint
     from lmlab.model.engine import Engine
-    from lmlab.train.dist import pick_device
 
     model, tok, meta = load_checkpoint(ckpt, pick_device(device))
     return Engine(model, tok), tok, model.cfg
@@ -72,25 +72,12 @@ def generate_command(
         typer.echo(prompt + (gen.text or ""))
 
 
-MIN_REPLY = 16  # a reply cap is shrunk to fit a long prompt, but not below this
-
-
 def answer(engine, tok, messages: list[dict], cfg) -> str:
-    """One assistant reply: the chat template, old turns dropped to fit, stop at eot.
+    """One assistant reply through the one template (`fit_for_reply`), stopping at eot."""
+    from lmlab.text.chat import fit_for_reply
 
-    Old turns go first; if the system prompt and the last user message alone leave less than
-    max_new_tokens, the reply cap shrinks (down to MIN_REPLY) instead of failing.
-    """
-    from lmlab.text.chat import render_for_completion
-
-    context = engine.model_cfg.seq_len
-    floor = min(cfg.max_new_tokens, MIN_REPLY)
-    try:
-        ids = render_for_completion(tok, messages, max_tokens=context - cfg.max_new_tokens)
-    except LmlabError:
-        ids = render_for_completion(tok, messages, max_tokens=context - floor)
-    cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, context - len(ids)))
-    (gen,) = engine.generate([ids], cfg)
+    ids, cap = fit_for_reply(tok, messages, engine.model_cfg.seq_len, cfg.max_new_tokens)
+    (gen,) = engine.generate([ids], replace(cfg, max_new_tokens=cap))
     return tok.decode(gen.tokens, skip_special=True).strip()
 
 
@@ -126,9 +113,11 @@ def chat_command(
     from lmlab.text.chat import role_token_ids
 
     if system_file is not None:
+        if system is not None:
+            raise LmlabError("--system and --system-file both give a system prompt; pass one")
         if not system_file.is_file():
             raise LmlabError(f"--system-file not found: {system_file}")
-        system = system or system_file.read_text(encoding="utf-8").strip()
+        system = system_file.read_text(encoding="utf-8").strip()
     engine, tok, model_cfg = _load(ckpt, device)
     if max_new_tokens is None:
         max_new_tokens = min(256, model_cfg.seq_len // 2)
@@ -161,8 +150,11 @@ def chat_command(
             continue
         if not line.strip():
             continue
-        history.append({"role": "user", "content": line})
-        reply = answer(engine, tok, [*head, *history], cfg)
-        history.append({"role": "assistant", "content": reply})
+        try:
+            reply = answer(engine, tok, [*head, *history, {"role": "user", "content": line}], cfg)
+        except LmlabError as e:  # e.g. a message longer than the context: say so, keep the session
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
         cfg.seed += 1  # a new sample each turn, still reproducible
         typer.echo(f"bot> {reply}" if interactive else reply)

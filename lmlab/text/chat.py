@@ -145,6 +145,26 @@ def render_for_completion(
     return render_for_completion_info(tok, messages, max_tokens).ids
 
 
+MIN_REPLY = 16  # a reply cap is shrunk to fit a long prompt, but not below this
+
+
+def fit_for_reply(
+    tok: Tokenizer, messages: list[dict], context: int, max_new_tokens: int
+) -> tuple[list[int], int]:
+    """Prompt ids for the next assistant reply and the reply cap that fits the context.
+
+    Old turns go first; if the system message and the last user message alone leave less than
+    `max_new_tokens`, the cap shrinks (down to MIN_REPLY) instead of failing. LmlabError says by
+    how much a message too long even for that exceeds the context.
+    """
+    floor = min(max_new_tokens, MIN_REPLY)
+    try:
+        ids = render_for_completion(tok, messages, max_tokens=context - max_new_tokens)
+    except LmlabError:
+        ids = render_for_completion(tok, messages, max_tokens=context - floor)
+    return ids, min(max_new_tokens, context - len(ids))
+
+
 def parse_conversation(tok: Tokenizer, ids: list[int]) -> list[dict]:
     """The inverse of rendering: ids back to messages.
 
@@ -196,6 +216,7 @@ __all__ = [
     "render_conversation_info",
     "render_for_completion",
     "render_for_completion_info",
+    "fit_for_reply",
     "role_token_ids",
     "stop_token_ids",
     "validate_messages",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lmlab.errors import LmlabError
+from lmlab.device import pick_device
 
 
 @dataclass
@@ -41,20 +41,6 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-
-def pick_device(pref: str) -> torch.device:
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise LmlabError("device 'cuda' requested but CUDA is not available (use --device cpu)")
-    if pref == "mps" and not torch.backends.mps.is_available():
-        raise LmlabError("device 'mps' requested but MPS is not available (use --device cpu)")
-    return torch.device(pref)
 
 
 def init_distributed(pref: str) -> Dist:
