@@ -12,6 +12,7 @@ from lmlab.model.checkpoint import save_checkpoint
 from lmlab.model.config import ModelConfig
 from lmlab.model.gpt import GPT
 from lmlab.text.chat import (
+    Rendered,
     parse_conversation,
     render_conversation,
     render_conversation_info,
@@ -230,3 +231,98 @@ def test_chat_reply_stops_at_eot_and_skips_banned_role_tokens(tok, tmp_path):
         check=0,
     )
     assert proc.stdout.strip() == tok.decode([a, b]).strip()
+
+
+# ---- exact messages, edges of the layout, a tokenizer's own template ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "exact"),
+    [
+        ("hi", "messages must be a list of {role, content} objects, got str"),
+        (["hello"], "message 0: expected an object with role and content, got str"),
+        ([{"role": "user", "content": 3}], "message 0: content must be a string, got int"),
+        ([{"role": "user"}], "message 0: content must be a string, got NoneType"),
+        ([], "conversation has no messages"),
+    ],
+)
+def test_invalid_messages_exact_errors(tok, messages, exact):
+    with pytest.raises(LmlabError) as err:
+        render_conversation(tok, messages)
+    assert str(err.value) == exact
+
+
+def test_without_a_system_message_the_first_turn_can_be_dropped(tok):
+    msgs = long_convo(3)[1:]  # no system message
+    last, _ = render_conversation(tok, msgs[-2:])
+    r = render_conversation_info(tok, msgs, max_tokens=len(last))
+    assert r.dropped_turns == 2 and parse_conversation(tok, r.ids) == msgs[-2:]
+    with pytest.raises(LmlabError) as err:
+        render_conversation(tok, msgs, max_tokens=len(last) - 1)
+    assert str(err.value) == (
+        f"conversation does not fit in {len(last) - 1} tokens: the last exchange alone needs "
+        f"{len(last)} (1 too many)"
+    )
+
+
+def test_a_system_message_alone_too_long_is_named(tok):
+    msgs = [{"role": "system", "content": "sys " * 20}]
+    need = len(render_conversation(tok, msgs)[0])
+    with pytest.raises(LmlabError) as err:
+        render_conversation(tok, msgs, max_tokens=need - 2)
+    assert str(err.value) == (
+        f"conversation does not fit in {need - 2} tokens: the system message alone needs "
+        f"{need} (2 too many)"
+    )
+
+
+def test_completion_prompt_trains_nothing_after_the_history(tok):
+    r = render_for_completion_info(tok, CONVO)
+    assert len(r.loss_mask) == len(r.ids) and r.loss_mask[-1] == 0
+    assert sum(r.loss_mask) == len(tok.encode("Four.")) + 1  # the earlier answer and its eot
+    with pytest.raises(LmlabError) as err:
+        render_for_completion(tok, CONVO[:1])
+    assert str(err.value) == "nothing to answer: the conversation must end with a user message"
+
+
+def test_parse_accepts_ids_without_bos_and_nothing(tok):
+    ids, _ = render_conversation(tok, CONVO)
+    assert ids[0] == tok.bos_id and parse_conversation(tok, ids[1:]) == CONVO
+    assert parse_conversation(tok, []) == []
+    assert parse_conversation(tok, [tok.bos_id]) == []
+
+
+def test_a_tokenizer_with_its_own_template_is_deferred_to(tok):
+    calls = []
+
+    class Templated:
+        def render_conversation_info(self, messages, max_tokens):
+            calls.append(("conversation", messages, max_tokens))
+            return Rendered([1, 2], [0, 1], 0)
+
+        def render_for_completion_info(self, messages, max_tokens):
+            calls.append(("completion", messages, max_tokens))
+            return Rendered([3], [0], 1)
+
+    own = Templated()
+    assert render_conversation(own, CONVO, max_tokens=50) == ([1, 2], [0, 1])
+    assert render_for_completion(own, CONVO[:2], max_tokens=40) == [3]
+    assert calls == [("conversation", CONVO, 50), ("completion", CONVO[:2], 40)]
+
+
+def test_fit_for_reply_drops_turns_then_shrinks_the_reply_cap(tok):
+    from lmlab.text.chat import MIN_REPLY, fit_for_reply
+
+    msgs = long_convo(4)[:-1]  # ends with a user message
+    prompt = render_for_completion(tok, msgs)
+    ids, cap = fit_for_reply(tok, msgs, context=len(prompt) + 30, max_new_tokens=30)
+    assert (ids, cap) == (prompt, 30)  # everything fits
+    last = render_for_completion(tok, [msgs[0], msgs[-1]])
+    ids, cap = fit_for_reply(tok, msgs, context=len(last) + 30, max_new_tokens=30)
+    assert (ids, cap) == (last, 30)  # older turns dropped, full cap
+    ids, cap = fit_for_reply(tok, msgs, context=len(last) + 20, max_new_tokens=30)
+    assert (ids, cap) == (last, 20)  # the cap shrinks instead
+    with pytest.raises(LmlabError, match=r"needs \d+ \(\d+ too many\)"):
+        fit_for_reply(tok, msgs, context=len(last) + MIN_REPLY - 1, max_new_tokens=30)
+    ids, cap = fit_for_reply(tok, msgs, context=len(last) + 5, max_new_tokens=5)
+    assert (ids, cap) == (last, 5)  # a cap below MIN_REPLY is the floor itself
