@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.lmlab-installed
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,hf,serve,embed
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test bench mutation lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Mutation testing of the core modules the studies trust (slow; not part of `make test`):
+# writes mutation/summary.md. MODULES="kv chat" limits it to some of them.
+mutation: $(STAMP)
+	nice -n 10 $(PY) mutation/run.py $(MODULES)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
