@@ -70,10 +70,10 @@ def serve_command(
     """
     import uvicorn
 
+    from lmlab.device import pick_device
     from lmlab.model.checkpoint import load_checkpoint
     from lmlab.model.engine import Engine
     from lmlab.serve.app import Settings, create_app
-    from lmlab.train.dist import pick_device
 
     for name, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
                         ("--max-body-kb", max_body_kb)):  # fmt: skip

@@ -142,14 +142,13 @@ def _delta_choice(call: Call, index: int, text: str, finish=None, logprobs=None,
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
-def _event_logprobs(state, call: Call, p: Prepared, event) -> dict | None:
-    lp = getattr(event, "logprob", None)
-    if p.cfg.logprobs is None or lp is None:
+def _final_logprobs(state, call: Call, p: Prepared, gen) -> dict | None:
+    """A streamed choice's log-probs, all in its last chunk (engine events carry none)."""
+    if p.cfg.logprobs is None:
         return None
-    tops = getattr(event, "top_logprobs", None)
     if call.kind == "chat.completion":
-        return R.chat_logprobs(state.pieces, [event.token], [lp], [tops] if tops else None)
-    return R.completion_logprobs(state.pieces, [event.token], [lp], [tops] if tops else None)
+        return R.chat_logprobs(state.pieces, gen.tokens, gen.logprobs or [], gen.top_logprobs)
+    return R.completion_logprobs(state.pieces, gen.tokens, gen.logprobs or [], gen.top_logprobs)
 
 
 async def _stream(state, call: Call) -> AsyncIterator[str]:
@@ -167,17 +166,14 @@ async def _stream(state, call: Call) -> AsyncIterator[str]:
             if kind == "error":
                 yield R.sse(payload.body())
                 break
-            if kind == "event" and (payload.text_delta or p.cfg.logprobs is not None):
-                lps = _event_logprobs(state, call, p, payload)
-                choice = _delta_choice(
-                    call, call.base(index) + payload.sample, payload.text_delta or "", logprobs=lps
-                )
+            if kind == "event" and payload.text:
+                choice = _delta_choice(call, call.base(index) + payload.sample, payload.text)
                 yield _chunk(call, [choice])
             elif kind == "done":
                 completion_tokens += len(payload.tokens)
-                choice = _delta_choice(
-                    call, call.base(index) + payload.sample_index, "", payload.finish_reason
-                )
+                lps = _final_logprobs(state, call, p, payload)
+                index_ = call.base(index) + payload.sample_index
+                choice = _delta_choice(call, index_, "", payload.finish_reason, lps)
                 choice.update(R.kv_report(p, payload))
                 yield _chunk(call, [choice])
             elif kind == "finished":

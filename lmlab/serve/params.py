@@ -69,7 +69,7 @@ def _sampling(req: SamplingFields, max_new: int, **extra) -> GenerationConfig:
         top_k=req.top_k,
         top_p=req.top_p,
         seed=seed,
-        stop_strings=tuple(req.stop),  # type: ignore[arg-type]
+        stop_strings=tuple(req.stop or ()),
         kv_policy=req.kv_policy,
         kv_budget=req.kv_budget,
         kv_window=req.kv_window,

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmlab.model.engine import Request
 from lmlab.serve.errors import ApiError
 from lmlab.serve.metrics import Metrics
 from lmlab.serve.params import Prepared
@@ -37,7 +38,7 @@ _ids = itertools.count()
 @dataclass
 class Job:
     """One engine request in flight. `out` receives, in the event loop's thread:
-    ("event", Event) per generated token, ("done", Generation) per finished sample,
+    ("event", Event) per generated token or text piece, ("done", Generation) per finished sample,
     ("finished", handle) once every sample is done, or ("error", ApiError)."""
 
     prepared: Prepared
@@ -118,7 +119,7 @@ class Scheduler:
 
     # ---- the scheduler thread --------------------------------------------------------------
     def _loop(self) -> None:
-        batch = self.engine.batch(max_rows=self.max_batch)
+        batch = self.engine.batch(max_rows=self.max_batch, text_deltas=True)
         while True:
             with self._cv:
                 while not (self._stopping or self._waiting or self._running):
@@ -138,7 +139,7 @@ class Scheduler:
                     "a generation step failed; failing its %d requests", len(self._running)
                 )
                 self._fail_running(ApiError(500, "the generation step failed (see the server log)"))
-                batch = self.engine.batch(max_rows=self.max_batch)
+                batch = self.engine.batch(max_rows=self.max_batch, text_deltas=True)
                 continue
             for event in events:
                 self._dispatch(event)
@@ -163,12 +164,10 @@ class Scheduler:
         return admitted
 
     def _add(self, batch, job: Job) -> None:
-        from lmlab.model.engine import Request  # TEMP until the step API lands
-
         p = job.prepared
         handle = batch.add(Request(p.prompt, p.cfg, tag=job.id))
-        if getattr(handle, "error", None):
-            job.push("error", ApiError(400, str(handle.error), code="invalid_request"))
+        if handle.result.error is not None:  # the engine's own checks (ours ran before)
+            job.push("error", ApiError(400, handle.result.error, code="invalid_request"))
             return
         job.handle = handle
         self._running[job.id] = job
@@ -223,6 +222,7 @@ class Scheduler:
             times = job.token_times.setdefault(event.sample, [now, now])
             times[1] = now
             self.metrics.completion_tokens.inc()
+        if event.token is not None or event.text:  # a stop token's event may flush held text
             job.push("event", event)
         if event.done is not None:
             gen = event.done

@@ -63,13 +63,13 @@ def test_load_of_64_clients_loses_nothing(server, model_id):
                     r = http.post(server.url + "/v1/chat/completions", json=body)
                     ok = r.status_code == 200 and r.json()["choices"][0]["finish_reason"]
                 elif (i + k) % 4 == 1:
-                    body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 8,
+                    body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 6,
                             "stream": True, **extra}  # fmt: skip
                     with http.stream("POST", server.url + "/v1/completions", json=body) as r:
                         lines = list(r.iter_lines())
                     ok = r.status_code == 200 and "data: [DONE]" in lines
                 else:
-                    body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 8,
+                    body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 6,
                             "n": 1 + i % 2, **extra}  # fmt: skip
                     r = http.post(server.url + "/v1/completions", json=body)
                     ok = r.status_code == 200 and len(r.json()["choices"]) == 1 + i % 2
@@ -125,7 +125,8 @@ def test_a_client_that_hangs_up_leaves_the_batch(slow_run):
     s = serve(slow_run, max_batch=4)
     try:
         with long_stream(s.url, "slow-serve") as r:
-            next(r.iter_lines())
+            lines = r.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)
             assert wait_for(lambda: metric(s, "lmlab_running_rows") == 1)
         assert wait_for(lambda: metric(s, "lmlab_cancelled_requests_total", reason="client") == 1)
         assert wait_for(lambda: metric(s, "lmlab_running_rows") == 0)
@@ -138,7 +139,8 @@ def test_a_full_queue_answers_429_with_retry_after(slow_run):
     s = serve(slow_run, max_batch=1, max_queue=2)
     try:
         with long_stream(s.url, "slow-serve") as r:
-            next(r.iter_lines())  # the one row is busy
+            lines = r.iter_lines()
+            next(lines)  # the one row is busy
             outs: list[list[int]] = []
             threads = []
             for _ in range(2):

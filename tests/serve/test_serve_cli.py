@@ -46,5 +46,3 @@ def test_lmlab_serve_answers_with_its_key_and_never_prints_it(tiny_run):
 def test_lmlab_serve_refuses_bad_options(lmlab_cli, tiny_run):
     p = lmlab_cli("serve", "--ckpt", tiny_run, "--max-batch", "0", timeout=60)
     assert p.returncode == 1 and p.stderr.strip() == "error: --max-batch must be >= 1, got 0"
-    p = lmlab_cli("serve", "--ckpt", tiny_run / "nope", "--port", "0", timeout=60)
-    assert p.returncode == 1 and "checkpoint not found" in p.stderr
