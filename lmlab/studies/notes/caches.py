@@ -3,9 +3,10 @@
     <cache-dir>/pretrain/<source>/{train,val}/   fineweb_edu, wikitext, roam, primer
     <cache-dir>/sft/<source>/{train,val}/        dolly15k, oasst1, primer
 
-Each split is a core shard directory (meta.json written last). A cache is built in a temporary
-folder and renamed into place, so an interrupted build leaves no half cache. Both metas record a
-build key (source, tokenizer hash, inputs fingerprint, settings): a rerun skips a cache whose key
+Each split is a core shard directory (meta.json written last). A cache is one output of
+`lmlab.runs.reuse.reuse_or_build`: built in a temporary folder and swapped into place (an
+interrupted build leaves no half cache), with its build key (source, tokenizer hash, inputs
+fingerprint, settings) in `build.json` and in both metas: a rerun skips a cache whose key
 matches, rebuilds one whose key changed (and says what changed), and `force` rebuilds all.
 The public corpora are best effort unless asked for by name (`only`) or by local path: a missing
 one is reported with how to provide it, and the others are still built.
@@ -24,7 +25,7 @@ from lmlab.data.format import DTYPES, META_FILE, dtype_name_for_vocab
 from lmlab.data.shards import ShardWriter
 from lmlab.data.sources import SourceUnavailable
 from lmlab.errors import LmlabError
-from lmlab.paths import atomic_dir
+from lmlab.runs.reuse import read_build_key, reuse_or_build, write_build_key
 from lmlab.text.tokenizer import Tokenizer, load_tokenizer
 
 CACHE_VERSION = 1
@@ -118,11 +119,6 @@ def read_build_keys(path: Path) -> dict[str, dict | None]:
     return keys
 
 
-def _stale_reason(old: dict, new: dict) -> str:
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "changed: " + ", ".join(changed) if changed else "changed"
-
-
 def _write(job: Job, tmp: Path, tok_meta: dict, key: dict, opts: BuildOptions) -> CacheResult:
     itemsize = DTYPES[dtype_name_for_vocab(int(tok_meta["vocab_size"]))].itemsize
     shard_tokens = max(1, opts.shard_bytes // itemsize)
@@ -176,26 +172,34 @@ def build_cache(job: Job, tok: Tokenizer, tok_meta: dict, opts: BuildOptions) ->
     """Build one cache unless a finished one with the same key is there (or force)."""
     path = cache_path(opts.cache_dir, job.kind, job.name)
     key = full_key(job, tok)
-    old = read_build_keys(path)
-    if not opts.force and all(k == key for k in old.values()):
-        return _existing(job, path)
-    reason = ""
-    if path.exists():
-        found = [k for k in old.values() if k]
-        reason = (
-            "forced" if opts.force else (_stale_reason(found[0], key) if found else "unfinished")
-        )
+    _adopt_older_cache(path)
     try:
-        with atomic_dir(path) as tmp:
-            result = _write(job, tmp, tok_meta, key, opts)
+        built = reuse_or_build(
+            path,
+            key,
+            lambda tmp: _write(job, tmp, tok_meta, key, opts),
+            force=opts.force,
+            complete=lambda p: all(read_build_keys(p).values()),
+        )
     except SourceUnavailable as e:
         if job.name in opts.explicit:
             raise
         return CacheResult(job.kind, job.name, path, "unavailable", note=str(e))
-    if reason:
+    if built.state == "reused":
+        return _existing(job, path)
+    result = built.value
+    if built.state == "rebuilt":
         result.state = "rebuilt"
-        result.note = "; ".join(x for x in (reason, result.note) if x)
+        result.note = "; ".join(x for x in (built.reason, result.note) if x)
     return result
+
+
+def _adopt_older_cache(path: Path) -> None:
+    """A cache built before build.json has its key only in each split's meta.json: adopt it."""
+    keys = read_build_keys(path)
+    first = keys[SPLITS[0]]
+    if first and all(k == first for k in keys.values()) and read_build_key(path) is None:
+        write_build_key(path, first)
 
 
 def _existing(job: Job, path: Path) -> CacheResult:

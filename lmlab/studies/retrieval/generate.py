@@ -6,8 +6,10 @@
                                    samples.parquet, manifest.json, heatmap.png
     DIR/eval/                      the same for the mixed eval split (meta split "eval")
 
-A split is reused when its manifest records the same split hash (spec, seed, counts, words) and
-the same tokenizer; `force` regenerates everything. The manifest is written last.
+Each split folder and the tokenizer are outputs of `lmlab.runs.reuse.reuse_or_build`: a split is
+reused when its build key holds the same split hash (spec, seed, counts, words) and the same
+tokenizer, its samples alone when the split hash matches; `force` regenerates everything. A
+folder is written whole and swapped into place.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from tqdm.auto import tqdm
 from lmlab.config import config_hash
 from lmlab.data.shards import ShardWriter
 from lmlab.errors import LmlabError
-from lmlab.paths import atomic_dir, atomic_write_text
+from lmlab.paths import atomic_write_text
 from lmlab.runs.report import heatmap
+from lmlab.runs.reuse import read_build_key, reuse_or_build
 from lmlab.runs.rundir import RunDir
 from lmlab.studies.retrieval import buckets as B
 from lmlab.studies.retrieval.samples import Sample, draw_samples, encode_samples, stream
@@ -123,32 +126,28 @@ class Generator:
     def dir(self, split: SplitSpec) -> Path:
         return self.out / split_dir_name(split, self.spec)
 
-    def _reusable(self, split: SplitSpec, tok_hash: str | None = None) -> bool:
-        if self.force:
-            return False
-        m = _read_json(self.dir(split) / MANIFEST)
-        if not m or m.get("split_hash") != self.split_hash(split):
-            return False
-        if not (self.dir(split) / SAMPLES).exists():
-            return False
-        return tok_hash is None or (m.get("tokenizer") or {}).get("hash") == tok_hash
+    def split_key(self, split: SplitSpec, tok: Tokenizer) -> dict:
+        """The build key of a split's folder: its samples and the tokenizer of its shards."""
+        return {"split": self.split_hash(split), "tokenizer": tok.hash}
+
+    def _reusable_samples(self, split: SplitSpec) -> bool:
+        key = read_build_key(self.dir(split)) or {}
+        return not self.force and key.get("split") == self.split_hash(split)
 
     # ------------------------------------------------------------------ samples
     def samples(self, split: SplitSpec, exclude: set[str] | None = None) -> pl.DataFrame:
-        """The split's rows: from samples.parquet when reusable, else drawn and written."""
+        """The split's rows: from its samples.parquet when reusable, else drawn (and written with
+        the split's shards)."""
         if split.name in self.frames:
             return self.frames[split.name]
         path = self.dir(split) / SAMPLES
-        df = pl.read_parquet(path) if self._reusable(split) else None
+        df = pl.read_parquet(path) if self._reusable_samples(split) else None
         if df is not None and exclude and not set(df["context_hash"]).isdisjoint(exclude):
             df = None  # a reused eval split that collides with new train splits is redrawn
         if df is not None:
             self.timing[split.name] = {"reused": True}
         else:
             df = self._draw(split, exclude)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            (self.dir(split) / MANIFEST).unlink(missing_ok=True)  # not done until rewritten
-            df.write_parquet(path)
         self.frames[split.name] = df
         return df
 
@@ -183,32 +182,39 @@ class Generator:
 
     # ------------------------------------------------------------------ tokenizer
     def tokenizer(self) -> Tokenizer:
-        spec = self.spec.tokenizer
         tok_dir = self.out / "tokenizer"
-        if spec.kind == "word":
-            tok = build_word_tokenizer(["Q", "A", *self.words])
-            old = tok_dir / "tokenizer.json"
-            if self.force or not old.exists() or load_tokenizer(tok_dir).hash != tok.hash:
-                tok.save(tok_dir)
-            return tok
-        corpus = next(s for s in self.spec.scenarios if s.name == spec.corpus)
-        key = self.tokenizer_key()
-        info = _read_json(tok_dir / "retrieval.json")
-        if not self.force and info and info.get("key") == key:
-            return load_tokenizer(tok_dir)
-        df = self.samples(corpus)
-        text_file = self.out / f".{corpus.name}_tokenizer_corpus.txt"
-        text_file.write_text("".join(df.filter(pl.col("part") == "train")["text"].to_list()))
-        with atomic_dir(tok_dir) as tmp:
-            train_tokenizer(
-                [text_file], kind="bpe", vocab_size=spec.vocab_size, out=tmp, progress=self.progress
-            )
-            text_file.unlink()
-            _write_json(tmp / "retrieval.json", {"key": key, "corpus": f"{corpus.name}_train"})
+        key = {"tokenizer": self.tokenizer_key()}
+        reuse_or_build(tok_dir, key, self._build_tokenizer, force=self.force)
         return load_tokenizer(tok_dir)
 
+    def _build_tokenizer(self, tmp: Path) -> None:
+        spec = self.spec.tokenizer
+        if spec.kind == "word":
+            build_word_tokenizer(["Q", "A", *self.words], out=tmp)
+            return
+        corpus = next(s for s in self.spec.scenarios if s.name == spec.corpus)
+        df = self.samples(corpus)
+        text_file = tmp / "corpus.txt"
+        text_file.write_text("".join(df.filter(pl.col("part") == "train")["text"].to_list()))
+        train_tokenizer(
+            [text_file], kind="bpe", vocab_size=spec.vocab_size, out=tmp, progress=self.progress
+        )
+        text_file.unlink()
+        _write_json(tmp / "retrieval.json", {"corpus": f"{corpus.name}_train"})
+
     # ------------------------------------------------------------------ shards and manifests
-    def write_shards(self, split: SplitSpec, df: pl.DataFrame, tok: Tokenizer) -> dict:
+    def write_split(self, dest: Path, split: SplitSpec, tok: Tokenizer, axes_max: int) -> dict:
+        """Samples, shards, heat map and manifest of one split, into `dest`; the manifest."""
+        df = self.frames[split.name]
+        df.write_parquet(dest / SAMPLES)
+        shards = self.write_shards(dest, split, df, tok)
+        outside = self.write_heatmap(dest, split, df, axes_max)
+        man = self.manifest(split, df, tok, shards)
+        man["heatmap_axes"] = {"max_pairs": axes_max, "samples_outside_axes": outside}
+        _write_json(dest / MANIFEST, man)
+        return man
+
+    def write_shards(self, dest: Path, split: SplitSpec, df: pl.DataFrame, tok: Tokenizer) -> dict:
         samples = [
             sample_from_row(t, q)
             for t, q in zip(df["text"].to_list(), df["query_indices"].to_list(), strict=True)
@@ -223,7 +229,7 @@ class Generator:
         shard_tokens = max(size(main), size(val), 1)  # neither part is split further
         tok_meta = {**tok.meta(), "path": str((self.out / "tokenizer").resolve())}
         with ShardWriter(
-            self.dir(split),
+            dest,
             tok_meta,
             kind="sft",
             source=f"retrieval:{split.name}",
@@ -247,12 +253,12 @@ class Generator:
             "shards": w.close()["counts"]["shards"],
         }
 
-    def write_heatmap(self, split: SplitSpec, df: pl.DataFrame, axes_max: int) -> int:
+    def write_heatmap(self, dest: Path, split: SplitSpec, df: pl.DataFrame, axes_max: int) -> int:
         asked = df.select("num_pairs", "query_indices").explode("query_indices")
         m, extent, outside = B.count_matrix(asked["num_pairs"], asked["query_indices"], axes_max)
         heatmap(
             m,
-            self.dir(split) / "heatmap.png",
+            dest / "heatmap.png",
             xlabel="number of pairs",
             ylabel="query index",
             title=f"{split_dir_name(split, self.spec)}: asked keys (axes fixed by eval)",
@@ -304,17 +310,14 @@ class Generator:
         axes_max = ev.max_pairs
         splits: dict[str, dict] = {}
         for split in self.spec.splits:
-            df = self.frames[split.name]
-            path = self.dir(split) / MANIFEST
-            if self._reusable(split, tok.hash) and (self.dir(split) / "meta.json").exists():
-                splits[split.name] = _read_json(path) or {}
-                continue
-            shards = self.write_shards(split, df, tok)
-            outside = self.write_heatmap(split, df, axes_max)
-            man = self.manifest(split, df, tok, shards)
-            man["heatmap_axes"] = {"max_pairs": axes_max, "samples_outside_axes": outside}
-            _write_json(path, man)
-            splits[split.name] = man
+            built = reuse_or_build(
+                self.dir(split),
+                self.split_key(split, tok),
+                lambda tmp, split=split: self.write_split(tmp, split, tok, axes_max),
+                # samples drawn anew this run (a redrawn eval split) make new shards
+                force=not self.timing[split.name].get("reused"),
+            )
+            splits[split.name] = built.value or _read_json(self.dir(split) / MANIFEST) or {}
         leakage = self.leakage(eval_df, train_frames)
         if leakage["overlap_total"]:
             raise LmlabError(f"leakage check failed: {leakage}")  # cannot happen: eval redraws

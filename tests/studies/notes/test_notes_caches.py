@@ -126,6 +126,11 @@ def test_reruns_skip_rebuild_when_inputs_change_and_force_rebuilds(tmp_path, sam
     assert set(states(build_all(o)).values()) == {"rebuilt"}
     o.force, o.seed = False, 7
     assert set(states(build_all(o)).values()) == {"rebuilt"}  # the seed moves the splits
+    (tmp_path / "cache" / "pretrain" / "roam" / "build.json").unlink()  # built before build.json
+    assert states(build_all(o))["pretrain/roam"] == "skipped"  # its metas' key is adopted
+    (tmp_path / "cache" / "pretrain" / "roam" / "val" / "meta.json").unlink()
+    again = {f"{r.kind}/{r.name}": r for r in build_all(o)}
+    assert again["pretrain/roam"].state == "rebuilt" and "unfinished" in again["pretrain/roam"].note
 
 
 def test_an_interrupted_build_leaves_the_previous_cache_and_no_debris(

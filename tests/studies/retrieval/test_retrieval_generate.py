@@ -142,6 +142,20 @@ def test_rerun_reuses_and_force_regenerates(tmp_path, tiny):
     assert shard.stat().st_mtime_ns != before
 
 
+def test_a_new_tokenizer_keeps_the_samples_and_rewrites_the_shards(tmp_path, tiny):
+    out, _ = tiny
+    split = out / "baseline_mixed_train"
+    texts = pl.read_parquet(split / "samples.parquet")["text"].to_list()
+    spec = tiny_spec(tmp_path, tokenizer={"kind": "bpe", "vocab_size": 300})
+    generate(spec, out, progress=False, echo=lambda s: None)
+    assert pl.read_parquet(split / "samples.parquet")["text"].to_list() == texts
+    assert json.loads((split / "manifest.json").read_text())["generation"] == {"reused": True}
+    tok = load_tokenizer(out / "tokenizer")
+    assert tok.kind == "bpe" and ShardDir(split).meta["tokenizer"]["hash"] == tok.hash
+    key = json.loads((split / "build.json").read_text())
+    assert key["tokenizer"] == tok.hash
+
+
 def test_too_few_words_is_an_impossible_range(tmp_path):
     spec = tiny_spec(tmp_path, words={"count": 10})  # 12 pairs need 24 distinct words
     with pytest.raises(LmlabError, match="needs 24 distinct words"):
