@@ -1,6 +1,9 @@
-"""Density-aware preferences (seed 001): pairs, prefixes, embeddings and density, reward models.
+"""Density-aware preferences (seed 001): pairs, prefixes, embeddings and density, reward models
+and DPO policies.
 
-Importing the package registers the "reward" training recipe (`lmlab train --set recipe=reward`).
+Importing the package registers the "reward" and "dpo" training recipes
+(`lmlab train --set recipe=reward|dpo`).
 """
 
+from lmlab.studies.preference import dpo as _dpo  # noqa: F401  (registers "dpo")
 from lmlab.studies.preference import recipe as _recipe  # noqa: F401  (registers "reward")

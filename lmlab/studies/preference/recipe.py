@@ -38,7 +38,9 @@ from lmlab.studies.preference.rm_data import (
 from lmlab.train.recipes import Recipe, RecipeParts, RunContext, register_recipe
 
 
-class RewardArgs(Strict):
+class PairDataArgs(Strict):
+    """What every recipe over preference pairs reads (reward model, DPO)."""
+
     pairs: str = Field("", description="pairs_all.jsonl (the seed's format).")
     embeddings: str | None = Field(
         None, description="Folder written by `lmlab prefs embed` (weights, density quartiles)."
@@ -47,22 +49,25 @@ class RewardArgs(Strict):
         None, description="prefixes_all.jsonl, to check the embeddings' ids against it."
     )
     density_aware: bool = Field(False, description="Weight pairs by 1/(density+eps) of the prefix.")
-    weighting: Literal["sampler", "loss"] = Field(
-        "sampler", description="sampler: draw pairs by weight; loss: weight each pair's loss."
-    )
     val_frac: float = Field(0.1, ge=0, lt=1, description="Share of prefixes held out.")
     split_seed: int = Field(0, description="Seed of the split by prefix.")
-    margin: float = Field(0.0, ge=0, description="Constant margin in the Bradley–Terry loss.")
     margin_from_pairs: bool = Field(
         False, description="Also subtract each pair's own `margin` field (score difference)."
     )
-    center_coef: float = Field(0.0, ge=0, description="Reward centring: coef * (r_c + r_r)^2.")
 
     @model_validator(mode="after")
     def _needs(self):
         if self.density_aware and not self.embeddings:
             raise ValueError("density_aware needs embeddings (the folder of `lmlab prefs embed`)")
         return self
+
+
+class RewardArgs(PairDataArgs):
+    weighting: Literal["sampler", "loss"] = Field(
+        "sampler", description="sampler: draw pairs by weight; loss: weight each pair's loss."
+    )
+    margin: float = Field(0.0, ge=0, description="Constant margin in the Bradley–Terry loss.")
+    center_coef: float = Field(0.0, ge=0, description="Reward centring: coef * (r_c + r_r)^2.")
 
 
 def bt_losses(rewards: torch.Tensor, batch: dict, args: RewardArgs) -> tuple[torch.Tensor, ...]:
@@ -105,6 +110,16 @@ def quartile_edges(densities: list[float]) -> np.ndarray:
     return np.quantile(np.asarray(densities, dtype=np.float64), [0.25, 0.5, 0.75])
 
 
+def accuracy_by_quartile(diff: np.ndarray, items: list[PairItem], edges, name: str) -> dict:
+    """{name_q1..q4: share of diff > 0} by density quartile (q1 = rarest); {} without densities."""
+    if edges is None:
+        return {}
+    q = np.searchsorted(edges, [it.density for it in items], side="right")
+    return {
+        f"{name}_q{k + 1}": float((diff[q == k] > 0).mean()) for k in range(4) if (q == k).any()
+    }
+
+
 def make_evaluator(items: list[PairItem], edges, args: RewardArgs, batch_size: int, device):
     def evaluate(model) -> dict[str, float]:
         was_training = model.training
@@ -119,60 +134,48 @@ def make_evaluator(items: list[PairItem], edges, args: RewardArgs, batch_size: i
             "val_accuracy": float((diff > 0).mean()),
             "val_margin": float(diff.mean()),
         }
-        if edges is not None:
-            q = np.searchsorted(edges, [it.density for it in items], side="right")
-            for k in range(4):
-                sel = q == k
-                if sel.any():
-                    out[f"val_accuracy_q{k + 1}"] = float((diff[sel] > 0).mean())
+        out.update(accuracy_by_quartile(diff, items, edges, "val_accuracy"))
         return out
 
     return evaluate
 
 
-class RewardRecipe(Recipe):
-    name = "reward"
-    args = RewardArgs
-    description = "Bradley–Terry reward model (GPT + scalar head), optionally density-aware."
+class PairRecipe(Recipe):
+    """prepare (a tokenizer is required) and the pairs -> split -> items step, shared."""
 
-    def prepare(self, cfg, args: RewardArgs):
+    def prepare(self, cfg, args: PairDataArgs):
         cfg, tok, _ = super().prepare(cfg, args)
         if tok is None:
             raise LmlabError(
-                "the reward recipe needs a tokenizer: data.tokenizer=DIR (--tokenizer) or "
+                f"the {self.name} recipe needs a tokenizer: data.tokenizer=DIR (--tokenizer) or "
                 "init_from=RUN (--init-from)"
             )
         if not args.pairs:
             raise LmlabError("recipe_args.pairs: the pairs file is required (--pairs)")
+        if cfg.init_from:  # the run records the model it starts from, not the defaults
+            from lmlab.model.checkpoint import read_meta
+            from lmlab.model.config import ModelConfig
+            from lmlab.model.registry import arch_of
+
+            model = ModelConfig.model_validate(arch_of(read_meta(cfg.init_from))["config"])
+            cfg = cfg.model_copy(update={"model": model})
         return cfg, tok, None
 
-    def build(self, ctx: RunContext) -> RecipeParts:
+    @staticmethod
+    def items(ctx: RunContext, args: PairDataArgs):
+        """(train items, val items, density quartile edges or None), logged to the run."""
         from lmlab.studies.preference.embed import load_weights
 
-        cfg, args = ctx.cfg, ctx.args
         pairs = read_pairs(Path(args.pairs))
         weights = None
         if args.embeddings:
             prefixes = Path(args.prefixes) if args.prefixes else None
             weights = load_weights(Path(args.embeddings), prefixes)
         train_pairs, val_pairs = split_by_prefix(pairs, args.val_frac, args.split_seed)
-        seq_len = cfg.model.seq_len
-        train, skipped_t = build_items(
-            ctx.tokenizer, train_pairs, seq_len, weights, args.margin_from_pairs
-        )
-        val, skipped_v = build_items(
-            ctx.tokenizer, val_pairs, seq_len, weights, args.margin_from_pairs
-        )
-        if not args.density_aware or args.weighting == "sampler":
-            for it in train:
-                it.loss_weight = 1.0
-        sampling = "weighted" if args.density_aware and args.weighting == "sampler" else "shuffle"
-        batches = PairBatches(
-            train, cfg.micro_batch, sampling, cfg.seed, ctx.dist.rank, ctx.dist.world_size
-        )
-        model = self._model(cfg)
+        build = [ctx.tokenizer, ctx.cfg.model.seq_len, weights, args.margin_from_pairs]
+        train, skipped_t = build_items(build[0], train_pairs, *build[1:])
+        val, skipped_v = build_items(build[0], val_pairs, *build[1:])
         edges = quartile_edges([it.density for it in train + val]) if weights else None
-        evaluate = make_evaluator(val, edges, args, cfg.micro_batch, ctx.device) if val else None
         ctx.run.log(
             step=0,
             train_pairs=len(train),
@@ -180,8 +183,27 @@ class RewardRecipe(Recipe):
             skipped_too_long=skipped_t + skipped_v,
             val_prefixes=len({it.prefix_id for it in val}),
         )
+        return train, val, edges
+
+
+class RewardRecipe(PairRecipe):
+    name = "reward"
+    args = RewardArgs
+    description = "Bradley–Terry reward model (GPT + scalar head), optionally density-aware."
+
+    def build(self, ctx: RunContext) -> RecipeParts:
+        cfg, args = ctx.cfg, ctx.args
+        train, val, edges = self.items(ctx, args)
+        if not args.density_aware or args.weighting == "sampler":
+            for it in train:
+                it.loss_weight = 1.0
+        sampling = "weighted" if args.density_aware and args.weighting == "sampler" else "shuffle"
+        batches = PairBatches(
+            train, cfg.micro_batch, sampling, cfg.seed, ctx.dist.rank, ctx.dist.world_size
+        )
+        evaluate = make_evaluator(val, edges, args, cfg.micro_batch, ctx.device) if val else None
         return RecipeParts(
-            model=model,
+            model=self._model(cfg),
             objective=make_objective(args),
             batches=batches,
             evaluate=evaluate,

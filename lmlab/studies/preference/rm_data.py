@@ -37,22 +37,25 @@ class PairItem:
     loss_weight: float = 1.0  # multiplies the pair's loss (mean 1 over the data)
     density: float | None = None
     margin: float = 0.0
+    prompt_len: int = 0  # tokens before the response (DPO scores only what follows)
+    ref_chosen: float = 0.0  # reference-model log-probabilities of the responses (DPO)
+    ref_rejected: float = 0.0
 
 
 def response_ids(tok: Tokenizer, text: str, cap: int) -> list[int]:
     return [*tok.encode(text), tok.eot_id][:cap]
 
 
-def tokenize_pair(tok: Tokenizer, pair: dict, seq_len: int) -> tuple[list[int], list[int]]:
-    """(prefix+chosen, prefix+rejected) ids, each at most seq_len long (LmlabError if the last
-    user message alone does not fit)."""
+def tokenize_pair(tok: Tokenizer, pair: dict, seq_len: int) -> tuple[list[int], list[int], int]:
+    """(prefix+chosen, prefix+rejected, prefix length) ids, each at most seq_len long
+    (LmlabError if the last user message alone does not fit)."""
     cap = max(seq_len // 2, 1)
     chosen = response_ids(tok, pair["chosen"], cap)
     rejected = response_ids(tok, pair["rejected"], cap)
     prompt = render_for_completion(
         tok, pair["prefix"]["messages"], max_tokens=seq_len - max(len(chosen), len(rejected))
     )
-    return prompt + chosen, prompt + rejected
+    return prompt + chosen, prompt + rejected, len(prompt)
 
 
 def build_items(
@@ -76,7 +79,7 @@ def build_items(
                     "prefixes` and `lmlab prefs embed` on this pairs file)"
                 )
         try:
-            c, r = tokenize_pair(tok, p, seq_len)
+            c, r, n_prompt = tokenize_pair(tok, p, seq_len)
         except LmlabError:
             skipped += 1
             continue
@@ -89,6 +92,7 @@ def build_items(
                 loss_weight=w["loss_weight"] if w else 1.0,
                 density=w["density"] if w else None,
                 margin=float(p.get("margin", 0.0)) if margin_from_pairs else 0.0,
+                prompt_len=n_prompt,
             )
         )
     return items, skipped
@@ -103,15 +107,25 @@ def split_by_prefix(pairs: list[dict], val_frac: float, seed: int = 0) -> tuple[
 
 
 def collate(items: list[PairItem], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """ids [2B, T] (chosen rows, then rejected rows), last [2B], loss_weight [B], margin [B]."""
+    """ids [2B, T] (chosen rows, then rejected rows), last [2B], targets [2B, T] (the next token
+    where it is a response token, else -1), ref [2B] (reference log-probs), loss_weight [B],
+    margin [B]."""
     rows = [it.chosen for it in items] + [it.rejected for it in items]
+    starts = [it.prompt_len for it in items] * 2
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), -1, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)  # right padding: causal, unseen
+        if starts[i]:  # position t predicts token t+1: the response tokens r[start:]
+            targets[i, starts[i] - 1 : len(r) - 1] = torch.tensor(r[starts[i] :], dtype=torch.long)
     return {
         "ids": ids,
         "last": torch.tensor([len(r) - 1 for r in rows], dtype=torch.long),
+        "targets": targets,
+        "ref": torch.tensor(
+            [it.ref_chosen for it in items] + [it.ref_rejected for it in items], dtype=torch.float32
+        ),
         "loss_weight": torch.tensor([it.loss_weight for it in items], dtype=torch.float32),
         "margin": torch.tensor([it.margin for it in items], dtype=torch.float32),
     }
