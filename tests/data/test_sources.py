@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lmlab.data import sources
+from lmlab.data import hub, sources
 from lmlab.data.sources import SourceUnavailable
 from tests.fixtures.hub_files import oasst_rows, wikitext_rows, write_jsonl, write_parquet
 
@@ -154,7 +154,7 @@ def test_offline_without_a_local_copy_is_a_quick_clear_error(key, flag):
 def test_unreachable_hub_is_a_clear_error_not_a_hang(monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=None: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=None: False)
     with pytest.raises(SourceUnavailable, match="not reachable.*--dolly-path"):
         next(iter(sources.dolly_conversations()))
 
@@ -165,12 +165,12 @@ def test_the_hub_probe_gives_up_within_its_timeout(monkeypatch):
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        sources._PROBED.clear()
+        hub._PROBED.clear()
         started = time.perf_counter()
-        assert sources.hub_reachable(timeout=0.5) is False
+        assert hub.hub_reachable(timeout=0.5) is False
         assert time.perf_counter() - started < 3
         started = time.perf_counter()
-        assert sources.hub_reachable(timeout=0.5) is False  # remembered: not asked again
+        assert hub.hub_reachable(timeout=0.5) is False  # remembered: not asked again
         assert time.perf_counter() - started < 0.1
 
 
@@ -178,8 +178,8 @@ def test_the_hub_probe_reports_a_refused_connection_and_a_live_hub(monkeypatch):
     with socket.socket() as closed:  # bound, not listening: connections are refused
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
-        sources._PROBED.clear()
-        assert sources.hub_reachable(timeout=2) is False
+        hub._PROBED.clear()
+        assert hub.hub_reachable(timeout=2) is False
 
     class Hub(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):  # noqa: N802
@@ -194,11 +194,11 @@ def test_the_hub_probe_reports_a_refused_connection_and_a_live_hub(monkeypatch):
     thread.start()
     try:
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}/")
-        assert sources.hub_reachable(timeout=2) is True
+        assert hub.hub_reachable(timeout=2) is True
     finally:
         server.shutdown()
         server.server_close()
-        sources._PROBED.clear()
+        hub._PROBED.clear()
 
 
 def test_bad_local_copies_name_what_is_wrong(tmp_path):
