@@ -62,6 +62,24 @@ def _render(hf, messages: list[dict], generation: bool, tokenize: bool):
         ) from None
 
 
+def _probe(hf) -> tuple[str, list[tuple[int, str]]]:
+    """A system/user/assistant conversation of marker strings rendered through the template, and
+    where each control token lands in that text (("", []) when the template renders nothing)."""
+    text = ""
+    for roles in (ROLES, ROLES[1:]):  # some templates refuse a system message
+        try:
+            msgs = [{"role": r, "content": _PROBE[r]} for r in roles]
+            text = _render(hf, msgs, generation=False, tokenize=False)
+            break
+        except LmlabError:
+            continue
+    specials = _control_tokens(hf)
+    if not (text and specials):
+        return text, []
+    pattern = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
+    return text, [(m.start(), m.group()) for m in re.finditer(pattern, text)]
+
+
 def infer_special_ids(hf) -> dict[str, int]:
     """lmlab names -> this tokenizer's ids (see the module docstring)."""
     vocab = hf.get_vocab()
@@ -71,30 +89,19 @@ def infer_special_ids(hf) -> dict[str, int]:
     eot = hf.eos_token_id
     roles: dict[str, int] = {}
     if hf.chat_template:
-        text, order = "", list(ROLES)
-        for roles_tried in (ROLES, ROLES[1:]):  # some templates refuse a system message
-            try:
-                msgs = [{"role": r, "content": _PROBE[r]} for r in roles_tried]
-                text = _render(hf, msgs, generation=False, tokenize=False)
-                order = list(roles_tried)
-                break
-            except LmlabError:
-                continue
-        specials = _control_tokens(hf)
-        found: list[tuple[int, str]] = []
-        if specials and text:
-            pattern = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
-            found = [(m.start(), m.group()) for m in re.finditer(pattern, text)]
-        a_end = text.find(_PROBE["assistant"]) + len(_PROBE["assistant"])
-        after = [s for pos, s in found if pos >= a_end]
-        if text and after:
+        text, found = _probe(hf)
+        reply = text.find(_PROBE["assistant"])
+        after = [s for pos, s in found if reply >= 0 and pos > reply]
+        if after:  # the first control token after the reply closes the turn
             eot = vocab[after[0]]
         start = 0
-        for role in order:
+        for role in ROLES:
             at = text.find(_PROBE[role])
-            openers = [
-                vocab[s] for pos, s in found if start <= pos < at and vocab[s] not in (bos, eot)
-            ]
+            if at < 0:
+                continue
+            # the first control token of the turn, past the previous turn's end
+            openers = [vocab[s] for pos, s in found if start <= pos < at]
+            openers = [i for i in openers if i not in (bos, eot)]
             if openers:
                 roles[role] = openers[0]
             start = at + len(_PROBE[role])
