@@ -27,7 +27,7 @@ PROFILE = Path(__file__).parent / "profiles" / "track-b.yaml"
 # CPU-sized: the seed's tau, filter and lr; fewer neighbours/negatives and steps for ~2.5k items
 DEMO = {
     "name": "distill-demo",
-    "steps": 300,
+    "steps": 600,
     "micro_batch": 64,
     "eval_every": 100,
     "ckpt_every": 0,
@@ -35,7 +35,7 @@ DEMO = {
     "progress": False,
     "device": "cpu",
     "optim": {"lr": 0.002},
-    "schedule": {"warmup_steps": 40},
+    "schedule": {"warmup_steps": 60},
     "recipe_args": {"builtin": "shipped", "k": 20, "neg_m": 256, "queue_size": 4096},
 }
 
@@ -71,6 +71,9 @@ def run_demo(out: Path | None, steps: int | None, seeds: list[int], dims: list[i
     _, _, p = DistillRecipe().prepare(first, first.args())  # MiniLM encode + kNN, cached
     teacher = torch.from_numpy(p.teacher.emb)
     judge = NeighbourEval(teacher, torch.from_numpy(p.query_ids), first.args().eval_k)
+    # the same number of training anchors: does the student generalise to unseen queries?
+    stride = max(1, len(p.train_ids) // len(p.query_ids))
+    seen = NeighbourEval(teacher, torch.from_numpy(p.train_ids[::stride][: len(p.query_ids)]), 10)
     t_teacher = time.time() - t0
     scores: dict[tuple[str, int], list[dict[str, np.ndarray]]] = {}
     for dim in dims:
@@ -78,10 +81,13 @@ def run_demo(out: Path | None, steps: int | None, seeds: list[int], dims: list[i
             cfg = demo_config(dim, seed, steps)
             run = train(cfg, run_dir=out / f"d{dim}-s{seed}-{config_hash(cfg)}")
             model, _ = load_model(run.path / "checkpoints" / "latest")
-            scores.setdefault(("student", dim), []).append(_per_query(judge, model.embed(teacher)))
+            student = model.embed(teacher)
+            scores.setdefault(("student", dim), []).append(_per_query(judge, student))
+            scores.setdefault(("student@anchors", dim), []).append(_per_query(seen, student))
             embs = baseline_embeddings(p.teacher.emb, p.train_ids, dim, ["pca", "random"], seed)
             for name, emb in embs.items():
                 scores.setdefault((name, dim), []).append(_per_query(judge, emb))
+            scores.setdefault(("pca@anchors", dim), []).append(_per_query(seen, embs["pca"]))
     wall = time.time() - t0
     report = out / "report.md"
     atomic_write_text(report, report_text(scores, p, seeds, dims, first, t_teacher, wall))
@@ -146,5 +152,15 @@ def report_text(scores, p, seeds, dims, cfg, t_teacher: float, wall: float) -> s
                 )
                 parts.append(f"{metric}@{k} {d:+.4f} [±{half:.4f}] ({verdict})")
             lines.append(f"- dim {dim} vs {other}: " + "; ".join(parts))
+    lines += ["", "Generalisation check (recall@10 on training anchors vs held-out queries):", ""]
+    for dim in dims:
+        a, q = (
+            nums[f"student@anchors_d{dim}_recall"]["mean"],
+            nums[f"student_d{dim}_recall"]["mean"],
+        )
+        pa, pq = nums[f"pca@anchors_d{dim}_recall"]["mean"], nums[f"pca_d{dim}_recall"]["mean"]
+        lines.append(
+            f"- dim {dim}: student {a:.4f} on anchors, {q:.4f} on queries; PCA {pa:.4f} / {pq:.4f}"
+        )
     lines += ["", f"Wall time: {wall:.0f} s (teacher + kNN {t_teacher:.0f} s, cached on rerun)."]
     return "\n".join(lines) + "\n"

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 import lmlab.studies.distill  # noqa: F401  (registers the recipe)
+from lmlab.config import profile_dirs, resolve
 from lmlab.errors import LmlabError
 from lmlab.studies.distill.cli import resolve_train_config, seeds_to_run
 from lmlab.studies.distill.config import DistillArgs, env_seeds, env_settings
 from lmlab.studies.distill.recipe import DistillRecipe
 from lmlab.studies.distill.teacher import files_texts, hf_texts, load_npy, split_sentences
+from lmlab.train.config import TrainConfig
+from tests.conftest import ROOT
 
 
 def prepare(tmp_path, emb, **args):
@@ -127,3 +130,12 @@ def test_texts_from_files_jsonl_and_a_dataset_column(tmp_path):
     with pytest.raises(LmlabError, match="not a readable .npy"):
         (tmp_path / "x.npy").write_text("nope")
         load_npy(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "distill").glob("*.yaml")), ids=str)
+def test_shipped_distill_configs_validate(path):
+    cfg = resolve_train_config(path, [], None, no_env=True)
+    assert cfg.recipe == "distill" and cfg.args().source_given()
+    # also as `lmlab train --profile track-b -c FILE` (the core's command)
+    plain = resolve(TrainConfig, profile="track-b", config=path, profile_dirs=profile_dirs())
+    assert plain.recipe_args == cfg.recipe_args

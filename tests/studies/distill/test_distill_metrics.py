@@ -82,3 +82,11 @@ def test_baselines_at_the_teachers_dim():
     assert judge.score(torch.from_numpy(embs["truncate"]))["vs_teacher_recall10"] == 1.0
     again = baseline_embeddings(teacher, np.arange(30), 6, ["random"], seed=0)["random"]
     assert np.array_equal(again, embs["random"])  # seeded
+
+
+def test_faiss_and_torch_agree():
+    pytest.importorskip("faiss")
+    emb = unit(np.random.default_rng(4).standard_normal((50, 6))).astype(np.float32)
+    fi, fs = exact_topk(emb, 5, backend="faiss")
+    ti, ts = exact_topk(emb, 5, backend="torch")
+    assert np.array_equal(fi, ti) and np.allclose(fs, ts, atol=1e-5)
