@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def stable_fraction(key: str, seed: int = 0) -> float:
@@ -30,16 +33,17 @@ def encode_stream(
 
 
 def within_budget(
-    pairs: Iterator[tuple[str, list[int]]], budget: int | None
-) -> Iterator[tuple[str, list[int]]]:
-    """Pairs from `pairs` until `budget` tokens are spent (None: all); the document that crosses
-    the budget is the last one, whole. Nothing beyond it is pulled from `pairs`."""
+    items: Iterable[T], budget: int | None, tokens: Callable[[T], int] = lambda p: len(p[1])
+) -> Iterator[T]:
+    """Items until `budget` tokens are spent (None: all); the item that crosses the budget is the
+    last one, whole. Nothing beyond it is pulled from `items`. An item costs `tokens(item)`: by
+    default the length of the ids of a (text, ids) pair, as `encode_stream` gives them."""
     if budget is not None and budget <= 0:
         return
     spent = 0
-    for text, ids in pairs:
-        yield text, ids
-        spent += len(ids)
+    for item in items:
+        yield item
+        spent += tokens(item)
         if budget is not None and spent >= budget:
             return
 

@@ -68,10 +68,6 @@ class KVPolicy:
         return _expand(torch.arange(n, device=keys.device), n_layer, n_kv)
 
 
-class FullPolicy(KVPolicy):
-    pass
-
-
 @dataclass
 class StreamingLLMPolicy(KVPolicy):
     sinks: int = 4
@@ -174,7 +170,7 @@ def make_policy(
         raise LmlabError(f"unknown KV pooling {pooling!r} (choose from avg, max)")
     budget = float(budget)
     if name == "full":
-        return FullPolicy(budget)
+        return KVPolicy(budget)
     if name == "snapkv":
         return SnapKVPolicy(budget, window=window, kernel=kernel, pooling=pooling)
     if name == "streamingllm":

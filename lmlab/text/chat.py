@@ -204,10 +204,6 @@ def role_token_ids(tok: Tokenizer) -> list[int]:
     return [tok.special_id(n) for n in ("bos", *ROLES)]
 
 
-def stop_token_ids(tok: Tokenizer) -> list[int]:
-    return [tok.eot_id]
-
-
 __all__ = [
     "ROLES",
     "Rendered",
@@ -218,6 +214,5 @@ __all__ = [
     "render_for_completion_info",
     "fit_for_reply",
     "role_token_ids",
-    "stop_token_ids",
     "validate_messages",
 ]

@@ -43,6 +43,11 @@ class Dist:
             dist.barrier()
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun), known before `init_distributed`: who writes shared files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(pref: str) -> Dist:
     """Single process unless torchrun set WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

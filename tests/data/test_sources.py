@@ -120,6 +120,19 @@ def test_take_tokens_stops_at_the_budget():
     assert list(sources.take_tokens(iter(["", "  "]), encode, budget=None)) == []
 
 
+def test_within_budget_counts_what_an_item_costs_and_pulls_nothing_beyond():
+    pulled = []
+
+    def docs():
+        for n in (3, 3, 3, 3):
+            pulled.append(n)
+            yield [0] * n, [1] * n  # (ids, mask) documents; each costs its ids plus a bos
+
+    got = list(sources.within_budget(docs(), 8, tokens=lambda doc: len(doc[0]) + 1))
+    assert len(got) == 2 and pulled == [3, 3]
+    assert list(sources.within_budget(docs(), 0)) == []
+
+
 def test_stable_fraction_is_a_pure_function_of_seed_and_key():
     assert sources.stable_fraction("a", 1) == sources.stable_fraction("a", 1)
     assert sources.stable_fraction("a", 1) != sources.stable_fraction("a", 2)

@@ -9,7 +9,7 @@ import typer
 
 from lmlab.cli_common import console
 from lmlab.errors import LmlabError
-from lmlab.studies.notes.caches import ALL_SOURCES
+from lmlab.studies.notes.cache_spec import ALL_SOURCES
 from lmlab.studies.notes.cli import PrimerOpt, RoamOpt, SeedOpt, TokenizerOpt
 from lmlab.studies.notes.paths import (
     SAMPLE_PRIMER,

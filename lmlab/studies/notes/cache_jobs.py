@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lmlab.data import sources
 from lmlab.errors import LmlabError
-from lmlab.studies.notes.caches import (
+from lmlab.studies.notes.cache_spec import (
     PRETRAIN_SOURCES,
     SFT_SOURCES,
     BuildOptions,
@@ -76,19 +76,19 @@ def _texts(tok: Tokenizer, texts: Iterable[str], budget: int | None) -> Iterator
 def _conversations(
     job: Job, split: str, tok: Tokenizer, convs: Iterable[list[dict]], context: int, budget=None
 ) -> Iterator[Doc]:
-    spent = 0
-    for conv in convs:
-        try:
-            r = render_conversation_info(tok, conv, max_tokens=context)
-        except LmlabError:
-            job.count(split, "too long")
-            continue
-        if r.dropped_turns:
-            job.count(split, "truncated")
-        yield r.ids[1:], r.loss_mask[1:]  # the writer adds bos itself
-        spent += len(r.ids)
-        if budget is not None and spent >= budget:
-            return
+    def rendered() -> Iterator[Doc]:
+        for conv in convs:
+            try:
+                r = render_conversation_info(tok, conv, max_tokens=context)
+            except LmlabError:
+                job.count(split, "too long")
+                continue
+            if r.dropped_turns:
+                job.count(split, "truncated")
+            yield r.ids[1:], r.loss_mask[1:]  # the writer adds bos itself
+
+    # a document costs its tokens with the bos the writer adds
+    return sources.within_budget(rendered(), budget, tokens=lambda doc: len(doc[0]) + 1)
 
 
 def _heldout(items: Iterable, key, frac: float, seed: int, want_val: bool) -> Iterator:

@@ -15,7 +15,6 @@ one is reported with how to provide it, and the others are still built.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,60 +25,11 @@ from lmlab.data.shards import ShardWriter
 from lmlab.data.sources import SourceUnavailable
 from lmlab.errors import LmlabError
 from lmlab.runs.reuse import read_build_key, reuse_or_build, write_build_key
+from lmlab.studies.notes.cache_jobs import make_jobs
+from lmlab.studies.notes.cache_spec import ALL_SOURCES, SPLITS, BuildOptions, Job
 from lmlab.text.tokenizer import Tokenizer, load_tokenizer
 
 CACHE_VERSION = 1
-PRETRAIN_SOURCES = ("fineweb_edu", "wikitext", "roam", "primer")
-SFT_SOURCES = ("dolly15k", "oasst1", "primer")
-ALL_SOURCES = ("fineweb_edu", "wikitext", "roam", "primer", "dolly15k", "oasst1")
-PUBLIC_SOURCES = frozenset({"fineweb_edu", "wikitext", "dolly15k", "oasst1"})
-SPLITS = ("train", "val")
-
-# A document is a list of ids (pretrain) or (ids, loss mask) (sft), without the leading bos.
-Doc = list[int] | tuple[list[int], list[int]]
-
-
-@dataclass
-class BuildOptions:
-    cache_dir: Path
-    tokenizer: Path
-    roam_dir: Path
-    primer: Path
-    only: tuple[str, ...] = ALL_SOURCES
-    explicit: frozenset[str] = frozenset()  # sources asked for by name or path: failures are errors
-    fineweb_train_tokens: int = 200_000_000
-    fineweb_val_tokens: int = 5_000_000
-    wikitext_train_tokens: int | None = None
-    sft_train_tokens: int | None = None
-    val_frac: float = 0.1
-    heldout_frac: float = 0.02
-    sft_context: int = 1024
-    shard_bytes: int = 128 * 2**20
-    seed: int = 42
-    force: bool = False
-    fineweb_path: Path | None = None
-    wikitext_path: Path | None = None
-    dolly_path: Path | None = None
-    oasst_path: Path | None = None
-    oasst_lang: str | None = "en"
-    progress: bool = True
-
-
-@dataclass
-class Job:
-    """One cache: where it goes, what identifies its build, and how to produce its documents."""
-
-    kind: str  # pretrain | sft
-    name: str
-    key: dict  # the build key (besides source, kind, version and tokenizer)
-    produce: Callable[[], dict[str, Iterator[Doc]]]  # split -> documents, made lazily
-    totals: dict[str, int | None] = field(default_factory=dict)  # token budget per split, for bars
-    stats: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> counts, filled
-    # while producing (conversations truncated or skipped, ...)
-
-    def count(self, split: str, what: str, n: int = 1) -> None:
-        bucket = self.stats.setdefault(split, {})
-        bucket[what] = bucket.get(what, 0) + n
 
 
 @dataclass
@@ -213,8 +163,6 @@ def _existing(job: Job, path: Path) -> CacheResult:
 
 def build_all(opts: BuildOptions) -> list[CacheResult]:
     """Every cache `opts.only` names, in a fixed order; see the module docstring."""
-    from lmlab.studies.notes.cache_jobs import make_jobs
-
     unknown = [s for s in opts.only if s not in ALL_SOURCES]
     if unknown:
         raise LmlabError(

@@ -1,5 +1,5 @@
 """`lmlab notes tokenizer|train|chat|paths` (mounted by lmlab/cli.py; `lmlab cache build-all` is
-in cache_cli.py; `python -m lmlab.studies.notes` runs both before the mount, see __main__.py)."""
+in cache_cli.py)."""
 
 from __future__ import annotations
 

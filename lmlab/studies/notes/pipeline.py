@@ -14,7 +14,6 @@ checkpoint SFT started from, and the validation loss before the first step (`val
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -23,10 +22,12 @@ from pathlib import Path
 
 from lmlab import __version__
 from lmlab.errors import LmlabError
+from lmlab.model.checkpoint import resolve_checkpoint
 from lmlab.paths import atomic_write_text, runs_root
 from lmlab.runs.rundir import read_metrics, read_status, run_id
 from lmlab.studies.notes.config import NotesConfig, check_caches, to_train_config
 from lmlab.train.config import NOT_IN_RUN_ID, TrainConfig
+from lmlab.train.dist import is_main_process
 
 SETTINGS_FILE = "resolved_settings.json"
 
@@ -59,10 +60,6 @@ class PhaseResult:
             f"{self.phase}: val_loss {fmt(before)} -> {fmt(after)} (best {fmt(best)}) "
             f"in {self.seconds:.1f} s  [{self.run_dir}]"
         )
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _longer_than(shard_dir: Path, limit: int) -> int:
@@ -147,11 +144,10 @@ def pretrain_checkpoint(cfg: NotesConfig) -> str:
             "`lmlab notes train --phase pretrain` with the same profile/config first, use "
             "--phase pipeline, or pass --init-from RUN"
         )
-    for tag in ("best", "latest"):
-        ckpt = p.run_dir / "checkpoints" / tag
-        if (ckpt / "model.safetensors").is_file():
-            return str(ckpt)
-    raise LmlabError(f"pretrain run {p.run_dir} has no checkpoint")
+    try:
+        return str(resolve_checkpoint(p.run_dir))  # best, else latest
+    except LmlabError:
+        raise LmlabError(f"pretrain run {p.run_dir} has no checkpoint") from None
 
 
 def run_phase(
@@ -162,7 +158,7 @@ def run_phase(
     p = plan(cfg, phase, init_from)
     started = time.perf_counter()
     settings_path = p.run_dir / SETTINGS_FILE
-    if _is_main():
+    if is_main_process():
         for note in _truncation_notes(p):
             print(note, file=sys.stderr)
         if not resume and p.run_dir.exists():
@@ -183,7 +179,7 @@ def run_phase(
     # the trainer validated before step 0 (eval_at_start): the loss the phase started from
     val_before = next((r for r in read_metrics(run.path) if r.get("step") == 0), {})
     val_before = {k: v for k, v in val_before.items() if k.startswith("val")}
-    if _is_main():
+    if is_main_process():
         settings["val_before"] = val_before
         atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
     return PhaseResult(

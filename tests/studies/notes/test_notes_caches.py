@@ -201,7 +201,7 @@ def test_bad_input_is_a_one_line_error_with_exit_1(tmp_path, sample_build):
         assert message in str(result.exception)
     # through the real command line: one line on stderr, exit status 1, no traceback
     proc = subprocess.run(
-        [sys.executable, "-m", "lmlab.studies.notes", "cache", *cases[0][0]],
+        [sys.executable, "-m", "lmlab", "cache", *cases[0][0]],
         capture_output=True,
         text=True,
         timeout=120,

@@ -71,7 +71,7 @@ def test_the_script_really_runs_offline_on_the_sample(tmp_path):
         *("--set", "progress=false", "--set", "model.seq_len=64"),
         *("--set", "training.pretrain.total_steps=4", "--set", "training.pretrain.warmup_steps=1"),
         *("--set", "training.sft.total_steps=2", "--set", "training.sft.warmup_steps=1"),
-        LMLAB=f"{sys.executable} -m lmlab.studies.notes",
+        LMLAB=f"{sys.executable} -m lmlab",
         HF_DATASETS_OFFLINE="1",
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",  # a tiny model on a possibly busy machine
