@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmlab.data.sources import HUB, HubDataset, open_rows
+from lmlab.data.sources import HUB, HubDataset, SourceUnavailable, open_rows
 from lmlab.errors import LmlabError
 from lmlab.studies.preference.pairs import Malformed, hh_pair, make_pair
 
@@ -151,9 +151,19 @@ def parse_sources(text: str) -> list[str]:
 
 
 def source_rows(name: str, local: str | Path | None) -> Iterator[dict]:
+    try:
+        yield from _source_rows(name, local)
+    except SourceUnavailable as e:
+        raise SourceUnavailable(
+            f"{e} (with lmlab prefs download: --local {name}=PATH, or --sample for the samples "
+            "shipped with lmlab)"
+        ) from None
+
+
+def _source_rows(name: str, local: str | Path | None) -> Iterator[dict]:
     source = SOURCES[name]
     if local is not None:  # one local copy stands for all of the source's Hub parts
-        rows = open_rows(source.hub_keys[0], "train", local, option=f"--local {name}=PATH")
+        rows = open_rows(source.hub_keys[0], "train", local)
         yield from rows or ()
         return
     for key in source.hub_keys:

@@ -97,3 +97,9 @@ def test_shipped_samples_load_with_some_malformed_rows_counted(name):
     pairs, stats = load_pairs(name, SAMPLE_DIR / SOURCES[name].sample)
     assert len(pairs) >= 20 and sum(stats.malformed.values()) >= 1
     assert all(p["prefix"]["messages"][-1]["role"] == "user" for p in pairs)
+
+
+def test_offline_without_a_local_copy_says_how_to_provide_one(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LmlabError, match=r"offline mode.*--local hh=PATH, or --sample"):
+        load_pairs("hh")
