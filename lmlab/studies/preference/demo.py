@@ -18,6 +18,7 @@ import numpy as np
 from lmlab.paths import atomic_write_text
 from lmlab.runs.rundir import run_state
 from lmlab.studies.preference.pairs import write_jsonl
+from lmlab.studies.preference.rm_data import split_by_prefix
 from lmlab.studies.preference.score import bootstrap_mean_ci, score_pairs, summarize, wilson
 from lmlab.studies.preference.synthetic import TOPICS, SyntheticSpec, generate, vocabulary
 
@@ -38,11 +39,10 @@ RM_DEMO = {
     "device": "cpu",
     "model": {"depth": 2, "n_embd": 64, "n_head": 4, "seq_len": 48},
     "optim": {"lr": 3e-3},
-    "schedule": {"warmup_steps": 10},
 }
 
 
-def prepare_data(out: Path, k: int, eps: float, echo) -> dict:
+def prepare_data(out: Path, k: int, eps: float, echo, spec=None, embed_fn=None) -> dict:
     from lmlab.studies.preference.embed import compute_embeddings
     from lmlab.studies.preference.prefixes import make_prefixes
     from lmlab.studies.preference.viz import write_viz
@@ -50,13 +50,15 @@ def prepare_data(out: Path, k: int, eps: float, echo) -> dict:
 
     data = out / "data"
     if not (data / "embeddings" / "embeddings_metadata.json").exists():
-        train, test = generate(SyntheticSpec())
+        train, test = generate(spec or SyntheticSpec())
         write_jsonl(data / "pairs_all.jsonl", train)
         write_jsonl(data / "test_pairs.jsonl", test)
         make_prefixes(data / "pairs_all.jsonl", data)
         build_word_tokenizer(vocabulary(), data / "tokenizer")
         t0 = time.time()
-        compute_embeddings(data / "prefixes_all.jsonl", data / "embeddings", "minilm", k, eps)
+        compute_embeddings(
+            data / "prefixes_all.jsonl", data / "embeddings", "minilm", k, eps, embed_fn=embed_fn
+        )
         echo(f"embedded {len(train)} prompts with MiniLM in {time.time() - t0:.0f} s")
         write_viz(data / "embeddings", data / "prefixes_all.jsonl", out / "viz")
         write_oracle_weights(data)
@@ -95,6 +97,7 @@ def train_arm(out: Path, arm: str, seed: int, steps: int, echo) -> Path:
             "name": f"rm-{arm}",
             "seed": seed,
             "steps": steps,
+            "schedule": {"warmup_steps": min(10, steps // 10)},
             "recipe": "reward",
             "data": {"tokenizer": str(data / "tokenizer")},
             "recipe_args": {
@@ -165,8 +168,21 @@ def evaluate_runs(out: Path, seeds: list[int]) -> dict:
             arm_res["per_seed"][s] = {
                 g: summarize([r for r in rows if r["kind"] == g]) for g in ("rare", "common")
             }
+        arm_res["seen"] = seen_vs_new(out, arm, seeds)
         results[arm] = arm_res
     return results
+
+
+def seen_vs_new(out: Path, arm: str, seeds: list[int]) -> dict:
+    """Accuracy on the rare *training* pairs (the prompts the model saw) by rule, mean over
+    seeds: set beside the held-out accuracy it tells memorised prompts from a learnt topic."""
+    accs: dict = {"reversed": [], "novel": []}
+    for s in seeds:
+        rows, _ = score_pairs(out / "runs" / f"rm-{arm}-s{s}", out / "data" / "pairs_all.jsonl")
+        rows, _ = split_by_prefix(rows, 0.1, 0)  # the recipe's default split: training side
+        for rule, acc in accs.items():
+            acc.append(np.mean([r["correct"] for r in rows if r["rule"] == rule]))
+    return {rule: float(np.mean(acc)) for rule, acc in accs.items()}
 
 
 def pct(x: float) -> str:
@@ -216,10 +232,27 @@ def report_text(meta: dict, kinds: dict, results: dict, seeds: list[int], steps:
         "|---|---|" + "---|" * len(ARMS) + "---|",
     ]
     u, d = results["uniform"], results["density"]
-    for g in [k for k in u if k != "per_seed"]:
+    for g in [k for k in u if k not in ("per_seed", "seen")]:
         cells = " | ".join(_cell(results[a][g]) for a in ARMS)
         lines.append(
             f"| {g} | {u[g]['n']} | {cells} | {100 * (d[g]['mean'] - u[g]['mean']):+.1f} pts |"
+        )
+    lines += [
+        "",
+        "## Seen or learnt? Rare prompts trained on vs held out",
+        "",
+        "Accuracy on the rare topics' *training* pairs (mean over seeds; the recipe's validation "
+        "prompts left out) beside the held-out test prompts. High on the first and "
+        "low on the second means the model learnt those prompts, not the topic's rule.",
+        "",
+        "| arm | reversed: trained | reversed: held out | novel: trained | novel: held out |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        seen, r = results[arm]["seen"], results[arm]
+        lines.append(
+            f"| {arm} | {pct(seen['reversed'])} | {pct(r['rare-reversed']['mean'])} | "
+            f"{pct(seen['novel'])} | {pct(r['rare-novel']['mean'])} |"
         )
     lines += [
         "",
@@ -245,12 +278,15 @@ def run_demo(
     k: int = 20,
     eps: float = 1e-3,
     echo: Callable[[str], None] = print,
+    spec: SyntheticSpec | None = None,
+    embed_fn=None,
 ) -> Path:
+    """The whole study into `out`; `spec` and `embed_fn` (a stand-in for MiniLM) are for tests."""
     import lmlab.studies.preference.recipe  # noqa: F401  (registers "reward")
 
     t0 = time.time()
     out = Path(out)
-    meta = prepare_data(out, k, eps, echo)
+    meta = prepare_data(out, k, eps, echo, spec, embed_fn)
     for seed in seeds:
         for arm in ARMS:
             train_arm(out, arm, seed, steps, echo)
