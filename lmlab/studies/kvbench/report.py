@@ -135,6 +135,13 @@ def write_report(
     r.section("What each policy kept")
     r.text("\n".join(kept_lines(conn, run_ids)))
     r.section(
+        "Outputs against the full cache",
+        "Share of examples whose output equals the full cache's: the whole text, and its first "
+        "word. The policies run after the prefill, so the first generated token always comes "
+        "from the full prompt; a budget can only change what follows it.",
+    )
+    r.text(agreement_text(conn, run_ids))
+    r.section(
         "Failures",
         ", ".join(f"{f['error_type']}: {f['n']}" for f in fails) or "none",
     )
@@ -200,3 +207,24 @@ def kept_lines(conn: sqlite3.Connection, run_ids: list[str]) -> list[str]:
         note = POLICY_NOTES.get(policy, "as the engine defines it")
         out.append(f"- `{policy}` keeps {note}. Mean fraction of prompt positions kept: {fracs}.")
     return out or ["- the engine reported no retained KV (budgets unverified)"]
+
+
+def agreement_text(conn: sqlite3.Connection, run_ids: list[str]) -> str:
+    rows = run_rows(conn, run_ids, "q.example_id, r.text", "responses r")
+    texts: dict = {}
+    for x in rows:
+        texts.setdefault((x["policy"], x["budget"]), {})[x["example_id"]] = x["text"] or ""
+    ref = texts.get(("full", 1.0), {})
+
+    def first(t: str) -> str:
+        return (t.split() or [""])[0]
+
+    lines = ["| policy | budget | n | same text % | same first word % |", "|---|---|---|---|---|"]
+    for (p, b), outs in sorted(texts.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        common = [e for e in outs if e in ref]
+        if p == "full" or not common:
+            continue
+        same = sum(outs[e] == ref[e] for e in common) / len(common)
+        same_first = sum(first(outs[e]) == first(ref[e]) for e in common) / len(common)
+        lines.append(f"| {p} | {b:g} | {len(common)} | {100 * same:.1f} | {100 * same_first:.1f} |")
+    return "\n".join(lines)
