@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/serve.py                  # ~3-5 minutes on 2 cores
     .venv/bin/python bench/serve.py --quick          # 1 round, fewer requests: a smoke check
+    .venv/bin/python bench/serve.py --threads 1 --out bench/results-serve-1thread.json
 
 Two `lmlab serve` subprocesses over the same checkpoint (the bench shape of `common.py`, random
 weights, a BPE tokenizer trained on this repository's text): `--max-batch 32` and `--max-batch 1`.
@@ -61,11 +62,13 @@ def build_checkpoint(root: Path) -> Path:
     return run
 
 
-def start_server(run: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "lmlab", "serve", "--ckpt", str(run), "--port", "0",
            "--max-batch", str(max_batch), "--max-queue", "1024"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:  # torch reads it at start: fewer OpenMP threads = steadier timings under load
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     m = re.search(r"(http://\S+)/v1", line)
     if not m:
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one round, fewer requests")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of each server")
     ap.add_argument("--out", default=str(common.ROOT / "bench" / "results-serve.json"))
     args = ap.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
@@ -138,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
         from lmlab.text.tokenizer import load_tokenizer
 
         vocab = load_tokenizer(run / "tokenizer").vocab_size
-        servers = {"batched": start_server(run, 32), "one-at-a-time": start_server(run, 1)}
+        servers = {
+            "batched": start_server(run, 32, args.threads),
+            "one-at-a-time": start_server(run, 1, args.threads),
+        }
         load_before = os.getloadavg()
         samples: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in LEVELS} for n in servers}
         try:
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
+            "server_threads": args.threads or torch.get_num_threads(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         },  # fmt: skip

@@ -55,6 +55,13 @@ def test_load_of_64_clients_loses_nothing(server, model_id):
     def client_run(i: int) -> list[int]:
         statuses = []
         with httpx.Client(timeout=30) as http:
+            if i % 8 == 0:  # failing requests in the mix must not disturb the others
+                bad = (
+                    {"prompt": prompt_text(i), "kv_budget": 2.0}
+                    if i % 16
+                    else {"prompt": [7] * 999}
+                )
+                assert http.post(server.url + "/v1/completions", json=bad).status_code == 400
             for k in range(2):
                 extra = {"kv_policy": "snapkv", "kv_budget": 0.5} if (i + k) % 3 == 0 else {}
                 if (i + k) % 4 == 0:
