@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -75,7 +76,35 @@ def _mount_studies() -> None:
     app.add_typer(retrieval_app, name="retrieval")
     app.add_typer(prefs_app, name="prefs")
     app.add_typer(kvbench_app, name="kvbench")
-    app.command("demo")(retrieval_demo)
+    app.command("demo")(_chained_demo(retrieval_demo))
+
+
+def _chained_demo(retrieval_demo):
+    """`lmlab demo` (= `make demo`): the retrieval demo, then the KV bench on its baseline."""
+
+    def demo(
+        out: Annotated[
+            Path, typer.Option("--out", help="Where the demo writes (default: runs/demo).")
+        ] = Path("runs/demo"),
+        fresh: Annotated[bool, typer.Option("--fresh", help="Delete OUT first.")] = False,
+        kv_bench: Annotated[
+            bool, typer.Option("--kv-bench/--no-kv-bench", help="Then the KV-compression bench.")
+        ] = True,
+    ) -> None:
+        """The retrieval demo on CPU, then the KV-compression bench on its baseline checkpoint
+        and eval split; the retrieval report links the bench's report.
+
+        Example: lmlab demo
+        """
+        from lmlab.studies.kvbench.demo import link_reports, run_bench_demo
+
+        retrieval_demo(out=out, fresh=fresh)
+        if kv_bench:
+            report = run_bench_demo(out, None, [], echo=typer.echo)
+            link_reports(out / "report" / "report.md", report)
+            typer.echo(f"kv bench report: {report}")
+
+    return demo
 
 
 _mount()

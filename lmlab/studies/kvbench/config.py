@@ -232,6 +232,15 @@ class KvbenchConfig(Strict):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_by_default(cls, data):
+        """`engine:` without `kind` is the local engine (the discriminator needs the tag)."""
+        eng = data.get("engine") if isinstance(data, dict) else None
+        if isinstance(eng, dict) and "kind" not in eng:
+            data = {**data, "engine": {"kind": "local", **eng}}
+        return data
+
     def out_dir(self) -> Path:
         if self.output.dir:
             return Path(self.output.dir)

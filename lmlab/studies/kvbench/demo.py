@@ -9,6 +9,7 @@ and writes to DIR/kvbench/ unless told otherwise.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,3 +66,22 @@ def run_bench_demo(
     bench.all(force=force)
     echo(f"kvbench demo finished in {time.time() - t0:.0f} s")
     return bench.out / "report.md"
+
+
+LINK_TITLE = "## KV-compression bench on the baseline checkpoint"
+
+
+def link_reports(retrieval_report: Path, kv_report: Path) -> None:
+    """Append (once) a section to the retrieval demo's report that points at the bench's report,
+    so `make demo` ends in one report linking both."""
+    if not retrieval_report.is_file() or not kv_report.is_file():
+        return
+    text = retrieval_report.read_text(encoding="utf-8")
+    if LINK_TITLE in text:
+        return
+    rel = os.path.relpath(kv_report.resolve(), retrieval_report.resolve().parent)
+    with open(retrieval_report, "a", encoding="utf-8") as f:
+        f.write(
+            f"\n{LINK_TITLE}\n\n`lmlab kvbench demo` ran the baseline_mixed model on this eval "
+            f"split under five KV policies x four budgets: [{rel}]({rel}).\n"
+        )
