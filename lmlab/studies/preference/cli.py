@@ -301,6 +301,41 @@ def score_cmd(
     )
 
 
+@app.command("eval")
+def eval_cmd(
+    policy: Annotated[str, typer.Option("--policy", help="Trained policy run (e.g. train-dpo).")],
+    rm: Annotated[str, typer.Option("--rm", help="Reward-model run that judges the answers.")],
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file whose prompts are asked.")],
+    base: Annotated[
+        str | None, typer.Option("--base", help="Policy to beat (default: the policy's init_from).")
+    ] = None,
+    embeddings: Annotated[
+        Path | None, typer.Option("--embeddings", help="Embeddings folder: win rate by density.")
+    ] = None,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="At most N.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer cap.")] = 32,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results (default: POLICY/eval-<pairs>.json).")
+    ] = None,
+) -> None:
+    """Win rate of the policy's greedy answers over the base policy's under a reward model,
+    overall and by density quartile, with 95% Wilson intervals.
+
+    Example: lmlab prefs eval --policy runs/dpo-1a2b3c4d --rm runs/rm-5e6f7a8b --pairs test.jsonl
+    """
+    from lmlab.paths import atomic_write_text
+    from lmlab.studies.preference.policy_eval import evaluate_policy
+
+    res = evaluate_policy(policy, rm, pairs, base, embeddings, max_prompts, max_new_tokens)
+    dest = out or Path(policy) / f"eval-{pairs.stem}.json"
+    atomic_write_text(dest, json.dumps(res, indent=2))
+    o = res["overall"]
+    typer.echo(
+        f"win rate {o['win_rate']:.4f} [{o['ci95'][0]:.4f}, {o['ci95'][1]:.4f}] over "
+        f"{o['n']} prompts against {res['base']} -> {dest}"
+    )
+
+
 @app.command("viz")
 def viz_cmd(
     method: Annotated[

@@ -24,7 +24,17 @@ def lmlab(capsys, *args):
 
 
 def test_every_verb_has_an_example_in_its_help(capsys):
-    for verb in ("download", "prefixes", "embed", "train-rm", "train-dpo", "score", "viz", "demo"):
+    for verb in (
+        "download",
+        "prefixes",
+        "embed",
+        "train-rm",
+        "train-dpo",
+        "score",
+        "eval",
+        "viz",
+        "demo",
+    ):
         rc, out, _ = lmlab(capsys, "prefs", verb, "--help")
         assert rc == 0 and "Example: lmlab prefs" in out, verb
 

@@ -125,3 +125,66 @@ def test_cli_starts_from_a_checkpoint_and_records_its_model(tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in rows if r["step"] == 0 and "val_loss" in r)
     assert start["val_loss"] == pytest.approx(math.log(2), abs=1e-6)  # the reference is the start
+
+
+def _random(model, seed):
+    """Random (not zero-init) weights, so that two models answer differently."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model
+
+
+def _save_run(path, model, tok):
+    from lmlab.model.checkpoint import save_checkpoint
+
+    tok.save(path / "tokenizer")
+    save_checkpoint(
+        path / "checkpoints" / "latest", model, {"arch": model.arch(), "tokenizer": tok.meta()}
+    )
+    return path
+
+
+def test_eval_win_rate_of_a_policy_against_itself_is_one_half(tmp_path, capsys):
+    from lmlab.cli import main
+    from lmlab.errors import LmlabError
+    from lmlab.model.config import ModelConfig
+    from lmlab.model.gpt import GPT
+    from lmlab.model.heads import RewardModel
+    from lmlab.studies.preference.policy_eval import evaluate_policy
+
+    tok = build_word_tokenizer(WORDS)
+    cfg = ModelConfig(depth=1, n_embd=32, n_head=2, seq_len=40, vocab_size=tok.vocab_size)
+    policy = _save_run(tmp_path / "policy", _random(GPT(cfg), 0), tok)
+    rm_model = _random(RewardModel(cfg), 2)  # not the zero init: rewards differ by answer
+    rm = _save_run(tmp_path / "rm", rm_model, tok)
+    write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(12))
+    argv = ["prefs", "eval", "--policy", policy, "--base", policy, "--rm", rm,
+            "--pairs", tmp_path / "pairs.jsonl", "--max-new-tokens", 4]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    res = json.loads((policy / "eval-pairs.json").read_text())
+    assert res["overall"]["n"] == 12 and res["overall"]["win_rate"] == 0.5  # identical answers tie
+
+    rival = _save_run(tmp_path / "rival", _random(GPT(cfg), 1), tok)
+    ab = evaluate_policy(
+        str(policy), str(rm), tmp_path / "pairs.jsonl", base=str(rival), max_new_tokens=4
+    )
+    ba = evaluate_policy(
+        str(rival), str(rm), tmp_path / "pairs.jsonl", base=str(policy), max_new_tokens=4
+    )
+    assert ab["overall"]["win_rate"] + ba["overall"]["win_rate"] == pytest.approx(1.0)
+    assert ab["overall"]["win_rate"] != 0.5  # two random policies answer differently
+
+    other = build_word_tokenizer([*WORDS, "extra"])
+    rm2 = _save_run(
+        tmp_path / "rm2",
+        RewardModel(cfg.model_copy(update={"vocab_size": other.vocab_size})),
+        other,
+    )
+    with pytest.raises(
+        LmlabError,
+        match=rf"reward model's tokenizer \({other.hash}\) is not the policy's \({tok.hash}\)",
+    ):
+        evaluate_policy(str(policy), str(rm2), tmp_path / "pairs.jsonl", base=str(policy))
