@@ -126,3 +126,13 @@ def forward_logprobs(engine, ids: list[int]) -> list[float]:
         logits = engine.model(torch.tensor([ids]))[0].float()
     logp = torch.log_softmax(logits, dim=-1)
     return [logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The servers share this process: with one intra-op thread a loaded 2-core machine does not
+    stall every op at an OpenMP barrier (restored after each test, for the rest of the suite)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

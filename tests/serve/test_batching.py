@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -47,47 +48,48 @@ def test_concurrent_greedy_requests_equal_each_alone(server, model_id):
 
 
 def test_load_of_64_clients_loses_nothing(server, model_id):
+    """64 concurrent clients (asyncio, so the clients do not starve the in-process server of the
+    GIL), 2 requests each, mixing chat, streams, n, KV budgets and failing requests."""
     before = metric(server, "lmlab_requests_total", endpoint="/v1/completions", status="200")
     before_chat = metric(
         server, "lmlab_requests_total", endpoint="/v1/chat/completions", status="200"
     )
+    url = server.url
 
-    def client_run(i: int) -> list[int]:
-        statuses = []
-        with httpx.Client(timeout=30) as http:
-            if i % 8 == 0:  # failing requests in the mix must not disturb the others
-                bad = (
-                    {"prompt": prompt_text(i), "kv_budget": 2.0}
-                    if i % 16
-                    else {"prompt": [7] * 999}
-                )
-                assert http.post(server.url + "/v1/completions", json=bad).status_code == 400
-            for k in range(2):
-                extra = {"kv_policy": "snapkv", "kv_budget": 0.5} if (i + k) % 3 == 0 else {}
-                if (i + k) % 4 == 0:
-                    body = {"model": model_id, "max_tokens": 6, "temperature": 0.7, "seed": i,
-                            "messages": [{"role": "user", "content": prompt_text(i)}], **extra}  # fmt: skip
-                    r = http.post(server.url + "/v1/chat/completions", json=body)
-                    ok = r.status_code == 200 and r.json()["choices"][0]["finish_reason"]
-                elif (i + k) % 4 == 1:
-                    body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 6,
-                            "stream": True, **extra}  # fmt: skip
-                    with http.stream("POST", server.url + "/v1/completions", json=body) as r:
-                        lines = list(r.iter_lines())
-                    ok = r.status_code == 200 and "data: [DONE]" in lines
-                else:
-                    body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 6,
-                            "n": 1 + i % 2, **extra}  # fmt: skip
-                    r = http.post(server.url + "/v1/completions", json=body)
-                    ok = r.status_code == 200 and len(r.json()["choices"]) == 1 + i % 2
-                statuses.append(200 if ok else r.status_code)
-        return statuses
+    async def one(http: httpx.AsyncClient, i: int, k: int) -> bool:
+        extra = {"kv_policy": "snapkv", "kv_budget": 0.5} if (i + k) % 3 == 0 else {}
+        if (i + k) % 4 == 0:
+            body = {"model": model_id, "max_tokens": 6, "temperature": 0.7, "seed": i,
+                    "messages": [{"role": "user", "content": prompt_text(i)}], **extra}  # fmt: skip
+            r = await http.post(url + "/v1/chat/completions", json=body)
+            return r.status_code == 200 and r.json()["choices"][0]["finish_reason"] is not None
+        if (i + k) % 4 == 1:
+            body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 6, "stream": True,
+                    **extra}  # fmt: skip
+            async with http.stream("POST", url + "/v1/completions", json=body) as r:
+                lines = [line async for line in r.aiter_lines()]
+            return r.status_code == 200 and "data: [DONE]" in lines
+        body = {"model": model_id, "prompt": prompt_text(i), "max_tokens": 6, "n": 1 + i % 2,
+                **extra}  # fmt: skip
+        r = await http.post(url + "/v1/completions", json=body)
+        return r.status_code == 200 and len(r.json()["choices"]) == 1 + i % 2
+
+    async def client_run(http: httpx.AsyncClient, i: int) -> list[bool]:
+        if i % 8 == 0:  # failing requests in the mix must not disturb the others
+            bad = {"prompt": prompt_text(i), "kv_budget": 2.0} if i % 16 else {"prompt": [7] * 999}
+            assert (await http.post(url + "/v1/completions", json=bad)).status_code == 400
+        return [await one(http, i, k) for k in range(2)]
+
+    async def main() -> list[bool]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            runs = await asyncio.gather(*(client_run(http, i) for i in range(64)))
+        return [ok for run in runs for ok in run]
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(64) as pool:
-        results = [s for run in pool.map(client_run, range(64)) for s in run]
+    results = asyncio.run(main())
     assert time.monotonic() - t0 < 30
-    assert results == [200] * 128
+    assert results == [True] * 128
     after = metric(server, "lmlab_requests_total", endpoint="/v1/completions", status="200")
     after_chat = metric(
         server, "lmlab_requests_total", endpoint="/v1/chat/completions", status="200"
