@@ -130,7 +130,11 @@ class Scheduler:
             self._drop_cancelled_and_late(batch)
             for job in newcomers:
                 self._add(batch, job)
+            self._update_gauges()
             if not batch.has_work:
+                if self._running:  # never expected: fail them rather than spin on an idle batch
+                    log.error("%d requests lost their rows in the batch", len(self._running))
+                    self._fail_running(ApiError(500, "the request lost its place in the batch"))
                 continue
             try:
                 events = batch.step()
