@@ -78,8 +78,11 @@ def html_page(data: dict, title: str = "Prompt embeddings") -> str:
         raise LmlabError("viz needs plotly for its page (pip install 'lmlab[embed]')") from None
     pts = data["points"]
     w = np.array([p["weight"] for p in pts], dtype=np.float64)
-    # marker size 4..16 by rank of the weight, so a few extreme weights do not hide the rest
-    rank = w.argsort().argsort() / max(len(w) - 1, 1)
+    # marker size 4..16 by log weight: rare prompts stand out, and a few extreme weights
+    # (heavy tails in real data) do not shrink everything else to one size
+    logw = np.log(np.maximum(w, 1e-30))
+    span = logw.max() - logw.min()
+    rank = (logw - logw.min()) / span if span > 0 else np.full(len(w), 0.5)
     traces = []
     for src in sorted({p["src"] for p in pts}):
         sel = [i for i, p in enumerate(pts) if p["src"] == src]
