@@ -66,6 +66,7 @@ class Row:
     finish: str | None = None
     stop_token: int | None = None
     stop_string: str | None = None
+    stop_logprob: float | None = None
 
     @property
     def cfg(self):
@@ -152,6 +153,8 @@ class RunningBatch:
         cfg = row.cfg
         if tok in cfg.stop_tokens:
             row.stop_token = tok
+            if logp is not None:  # a policy gradient needs the log-prob of choosing to stop
+                row.stop_logprob = float(logp[tok])
             self._finish(row, "stop", events, token=None)
             return
         row.tokens.append(tok)
@@ -219,6 +222,7 @@ class RunningBatch:
             logprobs=row.logprobs,
             top_logprobs=row.top,
             sample_index=row.sample,
+            stop_logprob=row.stop_logprob,
         )
         h = row.handle
         h.samples[row.sample] = gen
@@ -228,7 +232,9 @@ class RunningBatch:
 
     def _event(self, row: Row, token, text: str, done: Generation | None = None) -> Event:
         h = row.handle
-        return Event(h.index, row.sample, token, text, done, h.request.tag)
+        lp = row.logprobs[-1] if token is not None and row.logprobs else None
+        top = row.top[-1] if token is not None and row.top else None
+        return Event(h.index, row.sample, token, text, done, h.request.tag, lp, top)
 
     def _drop_finished(self) -> None:
         keep = [i for i, r in enumerate(self.rows) if r.finish is None]

@@ -85,6 +85,7 @@ class Generation:
     logprobs: list[float] | None = None  # log p of each generated token (raw model distribution)
     top_logprobs: list[list[tuple[int, float]]] | None = None
     sample_index: int = 0
+    stop_logprob: float | None = None  # log p of the stop token that ended it (logprobs on)
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Event:
     text: str = ""
     done: Generation | None = None
     tag: Any = None
+    logprob: float | None = None  # the token's log-probability, when the request asked for them
+    top_logprobs: list[tuple[int, float]] | None = None
 
 
 def check_request(request: Request, model_cfg: Any, has_tokenizer: bool) -> str | None:

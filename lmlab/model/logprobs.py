@@ -29,3 +29,11 @@ def sequence_logprobs(
     if mask is not None:
         lp = lp * mask.to(lp.dtype)
     return lp.sum(dim=-1)
+
+
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, T, V] -> entropy of each position's distribution [B, T] in nats (0 where mask
+    is False), in float32: what GRPO logs as `entropy` over the completion tokens."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ent = -(logp.exp() * logp).sum(dim=-1)
+    return ent if mask is None else ent.masked_fill(~mask.bool(), 0.0)
