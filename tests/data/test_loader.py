@@ -310,3 +310,94 @@ def test_resume_at_any_step_reproduces_the_rest(mixed, step, seed, accum, split)
     assert resumed.step == step
     assert same(batches(resumed, 3), expected)
     assert all(torch.equal(a, b) for a, b in zip(loader().batch(step), expected[0], strict=True))
+
+
+# ---- smaller contracts: counts of rows, messages, state ----------------------------------------
+
+
+def split_dirs(root, train_docs, val_docs, kind="sft"):
+    """root/train and root/val shard dirs holding exactly these documents (lists of ids)."""
+    for name, docs in (("train", train_docs), ("val", val_docs)):
+        with ShardWriter(root / name, TOK, kind=kind) as w:
+            for ids in docs:
+                w.add_document(
+                    np.array(ids), np.ones(len(ids), dtype=int) if kind == "sft" else None
+                )
+    return str(root)
+
+
+def test_row_counts_train_windows_val_windows_and_documents(tmp_path):
+    T = 4
+    root = split_dirs(tmp_path / "d", [list(range(2, 2 + T + 2))], [list(range(2, 2 + 3 * T))])
+    # train: one document of T + 3 tokens with its bos -> windows start at 0, 1, 2
+    train = TokenLoader({root: 1}, "train", T, 32, seed=1)
+    assert train.sources[0].n_rows == 3
+    starts = {tuple(r) for r in train.next_batch()[0].tolist()}
+    assert starts == {(0, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 6)}
+    # val: one document of 3T + 1 tokens -> 3 non-overlapping windows of T + 1
+    val = TokenLoader({root: 1}, "val", T, 1)
+    assert val.sources[0].n_rows == val.num_val_batches == 3
+    assert [x[0].tolist() for x, _ in val.iter_val()] == [
+        [0, 2, 3, 4],
+        [5, 6, 7, 8],
+        [9, 10, 11, 12],
+    ]
+    short = split_dirs(tmp_path / "e", [[5], [6, 7]], [list(range(2, 2 + 3 * T - 1))])
+    assert TokenLoader({short: 1}, "val", T, 1).sources[0].n_rows == 2  # 3T tokens: 2 windows
+    docs = TokenLoader({short: 1}, "train", T, 8, doc_rows=True)  # bos+5 has one target
+    assert docs.sources[0].n_rows == 2
+    x, y = docs.next_batch()
+    assert {tuple(r) for r in y.tolist()} <= {(5, -1, -1, -1), (6, 7, -1, -1)}
+
+
+def test_windows_come_from_every_train_shard(tmp_path):
+    path = make(tmp_path / "w", 2, 1000, n_docs=40, shard_tokens=200)
+    d = ShardDir(path)
+    shard_of = {}
+    for s in range(d.n_shards - 1):  # the last shard is the val split
+        toks = np.asarray(d.tokens(s), dtype=np.int64).tolist()
+        for i in range(len(toks) - 8):
+            shard_of.setdefault(tuple(toks[i : i + 9]), s)
+    x, y = TokenLoader({path: 1}, "train", 8, 256, seed=3).next_batch()
+    rows = torch.cat([x, y[:, -1:]], 1).tolist()
+    assert all(tuple(r) in shard_of for r in rows)
+    assert {shard_of[tuple(r)] for r in rows} == set(range(d.n_shards - 1))
+
+
+def test_messages_name_the_source_and_the_tokenizer_role(tmp_path, two):
+    path = make(tmp_path / "tiny", 2, 50, n_docs=1)
+    with pytest.raises(LmlabError) as err:
+        TokenLoader({path: 1}, "train", 4096, 2)
+    assert str(err.value).startswith(f"data source {path}: its train split (")
+    assert str(err.value).endswith("not enough for one row (seq_len + 1 = 4097 tokens)")
+    with pytest.raises(LmlabError, match="but the tokenizer uses e{16}"):
+        TokenLoader({two[0]: 1}, "train", 8, 2, expected_tokenizer_hash="e" * 16,
+                    expected_from="tokenizer")  # fmt: skip
+    with pytest.raises(LmlabError) as err:
+        TokenLoader({}, "train", 8, 2)
+    assert str(err.value) == "data sources: expected a non-empty mapping of path -> weight"
+
+
+def test_state_and_metadata(two):
+    loader = TokenLoader({two[0]: 3, two[1]: 1}, "train", 8, 2, seed=4)
+    assert loader.tokenizer_meta["hash"] == "a" * 16 and loader.bos_id == 0
+    assert loader.state_dict() == {
+        "step": 0,
+        "seed": 4,
+        "split": "train",
+        "seq_len": 8,
+        "global_batch": 2,
+        "doc_rows": False,
+        "sources": {two[0]: 0.75, two[1]: 0.25},
+    }
+    default = TokenLoader({two[0]: 1}, "train", 1, 2)  # seed 0 by default; rows of one token
+    assert same(batches(default, 2), batches(TokenLoader({two[0]: 1}, "train", 1, 2, seed=0), 2))
+    other = TokenLoader({two[0]: 1}, "train", 1, 2, seed=126)
+    assert not same(batches(TokenLoader({two[0]: 1}, "train", 1, 2), 3), batches(other, 3))
+
+
+def test_count_tokens_of_a_train_val_parent(tmp_path):
+    root = split_dirs(tmp_path / "d", [[2, 3, 4]], [[5, 6]], kind="pretrain")
+    assert count_tokens(root) == 4 + 3
+    assert count_tokens(root, "train") == 4 and count_tokens(root, "val") == 3
+    assert count_tokens(tmp_path / "d" / "train") == 4

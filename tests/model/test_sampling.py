@@ -135,3 +135,21 @@ def test_each_row_draws_from_its_own_generator():
     a, b = draw([1, 2, 3]), draw([1, 9, 3])
     col = lambda rows, i: [r[i] for r in rows]  # noqa: E731
     assert col(a, 0) == col(b, 0) and col(a, 2) == col(b, 2) and col(a, 1) != col(b, 1)
+
+
+def test_top_p_one_keeps_even_a_vanishing_token():
+    # float32 mass before the last token is exactly 1.0 here: top_p = 1 must not drop it
+    logits = torch.tensor([[0.0, -30.0]])
+    assert kept(filter_logits(logits, temperature=1.0, top_p=1.0)) == [[0, 1]]
+
+
+def test_top_p_drops_a_token_once_the_mass_before_it_reaches_p():
+    logits = torch.zeros(1, 2)  # two tokens of exactly 0.5
+    assert kept(filter_logits(logits, temperature=1.0, top_p=0.5)) == [[0]]
+    assert kept(filter_logits(logits, temperature=1.0, top_p=0.51)) == [[0, 1]]
+
+
+def test_temperature_zero_is_argmax_even_for_a_flat_distribution():
+    logits = logits_of(*[[0.3, 0.29, 0.21, 0.2]] * 200)
+    gens = [torch.Generator().manual_seed(i) for i in range(200)]
+    assert sample_next(logits, gens, temperature=0.0).tolist() == [0] * 200

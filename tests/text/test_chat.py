@@ -326,3 +326,6 @@ def test_fit_for_reply_drops_turns_then_shrinks_the_reply_cap(tok):
         fit_for_reply(tok, msgs, context=len(last) + MIN_REPLY - 1, max_new_tokens=30)
     ids, cap = fit_for_reply(tok, msgs, context=len(last) + 5, max_new_tokens=5)
     assert (ids, cap) == (last, 5)  # a cap below MIN_REPLY is the floor itself
+    # the full cap is tried first: it drops a turn that the shrunk cap would have kept
+    ids, cap = fit_for_reply(tok, msgs, context=len(prompt) + 20, max_new_tokens=30)
+    assert len(ids) < len(prompt) and cap == 30
