@@ -3,15 +3,36 @@ tokenizer, resume) is shared; the recipe builds what is trained; the one Trainer
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from lmlab.runs.rundir import RunDir
+from lmlab.paths import runs_root
+from lmlab.runs.rundir import RunDir, read_status, run_id
 from lmlab.train.config import NOT_IN_RUN_ID, TrainConfig
 from lmlab.train.dist import init_distributed, shutdown
 from lmlab.train.recipes import RunContext, get_recipe
 from lmlab.train.trainer import Trainer
+
+
+def _identity(cfg: TrainConfig, world_size: int) -> dict:
+    """What the run id hashes: the config, plus the world size when it sets the global batch
+    (no total_batch_tokens), since a different world size is then a different trajectory."""
+    key = cfg.model_dump(mode="json")
+    if cfg.total_batch_tokens is None and world_size > 1:
+        key["world_size"] = world_size
+    return key
+
+
+def _already_done(run: RunDir, steps: int) -> dict | None:
+    """The status of a finished run whose latest checkpoint reached `steps` (read from disk, so
+    every DDP rank agrees), else None."""
+    status = read_status(run.path)
+    meta = run.checkpoints / "latest" / "meta.json"
+    if not status or status.get("state") != "done" or not meta.exists():
+        return None
+    return status if json.loads(meta.read_text()).get("step", 0) >= steps else None
 
 
 def setup_run(cfg: TrainConfig, run_dir: Path | None, resume: bool, dist) -> RunContext:
@@ -20,6 +41,8 @@ def setup_run(cfg: TrainConfig, run_dir: Path | None, resume: bool, dist) -> Run
     recipe = get_recipe(cfg.recipe)
     args = recipe.parse_args(cfg.recipe_args)
     cfg, tok, prepared = recipe.prepare(cfg, args)
+    if run_dir is None:
+        run_dir = runs_root() / run_id(cfg.name, _identity(cfg, dist.world_size), NOT_IN_RUN_ID)
     run = RunDir.create(
         cfg,
         name=cfg.name,
@@ -40,6 +63,13 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) ->
     try:
         ctx = setup_run(cfg, run_dir, resume, dist)
         recipe, run = get_recipe(ctx.cfg.recipe), ctx.run
+        done = _already_done(run, ctx.cfg.steps) if resume else None
+        if done is not None:
+            if dist.is_main:
+                final = " ".join(f"{k}={v:.4g}" for k, v in done.get("final", {}).items())
+                print(f"already done: {run.path} (finished {done.get('finished')}): {final}")
+            run.release()
+            return run
         with run.running():
             torch.manual_seed(ctx.cfg.seed)
             parts = recipe.build(ctx)

@@ -125,15 +125,38 @@ class Trainer:
     def maybe_resume(self) -> bool:
         latest = self.run.checkpoints / "latest"
         if not (latest / "optim.json").exists():
+            self._set_aside_abandoned()
             return False
         state = load_training_state(latest, self.model, self.optimizers)
         self.step = int(state["step"])
         self.best = state.get("best")
-        self.data.load_state_dict(state["data"])
+        try:
+            self.data.load_state_dict(state["data"])
+        except LmlabError as e:
+            raise LmlabError(
+                f"{self.run.path}: cannot resume this run: {e}; train it elsewhere with "
+                "--run-dir DIR, or start it over with --no-resume"
+            ) from None
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.run.truncate_metrics(self.step)
         return True
+
+    def _set_aside_abandoned(self) -> None:
+        """No checkpoint to resume from: the log of an earlier attempt moves aside, so that
+        metrics.jsonl always describes one trajectory."""
+        log = self.run.metrics_path
+        if not self.dist.is_main or not log.exists() or not log.read_text().strip():
+            return
+        n = sum(1 for line in log.read_text().splitlines() if line.strip())
+        k = 1
+        while (aside := log.with_name(f"metrics.abandoned-{k}.jsonl")).exists():
+            k += 1
+        log.rename(aside)
+        print(
+            f"no checkpoint to resume from: starting at step 0 ({n} logged rows of an earlier "
+            f"attempt moved to {aside.name})"
+        )
 
     def _improved(self, metrics: dict) -> bool:
         value = metrics.get(self.best_name)
@@ -227,7 +250,11 @@ class Trainer:
     def fit(self, resume: bool = True) -> dict[str, float]:
         cfg = self.cfg
         if resume and self.maybe_resume() and self.dist.is_main:
-            print(f"resumed from {self.run.checkpoints / 'latest'} at step {self.step}")
+            print(
+                f"resumed from {self.run.checkpoints / 'latest'} at step {self.step} of {cfg.steps}"
+            )
+        if self.step < cfg.steps and getattr(self.run, "was_done", False):
+            self.run.reopen()  # more steps for a finished run: it is no longer done
         self.model.train()
         flops_per_token = unwrap(self.model).flops_per_token(cfg.model.seq_len)
         peak = cfg.peak_flops or peak_flops(self.dist.device.type, cfg.dtype)
@@ -251,15 +278,20 @@ class Trainer:
             mfu = flops_per_token * tok_s / peak
             row = {**m, "lr": lr, "tokens_per_s": tok_s, "mfu": mfu}
             is_last = self.step == cfg.steps
-            if cfg.eval_every and self.step % cfg.eval_every == 0 or is_last:
+            evaluated = bool(cfg.eval_every and self.step % cfg.eval_every == 0 or is_last)
+            if evaluated:
                 row.update(self.evaluate())
+            if self.step % cfg.log_every == 0 or evaluated:
+                self.run.log(self.step, **row)  # before the checkpoint: a resume truncates to it
+            # latest (with optimizer state) at every eval and every ckpt_every steps, so a kill
+            # between evaluations loses at most ckpt_every steps
+            keep_step = bool(cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
+            if evaluated or keep_step:
                 self.save("latest", row, with_optimizer=True)
-                if self._improved(row):
-                    self.save("best", row, with_optimizer=False)
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+            if evaluated and self._improved(row):
+                self.save("best", row, with_optimizer=False)
+            if keep_step:
                 self.save(f"step_{self.step:06d}", row, with_optimizer=False)
-            if self.step % cfg.log_every == 0 or is_last or any(k.startswith("val") for k in row):
-                self.run.log(self.step, **row)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{m['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}"

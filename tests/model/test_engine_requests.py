@@ -99,6 +99,9 @@ def test_logprobs_equal_a_forward_pass(engine):
     want_prompt = [ref[i - 1, prompt[i]].item() for i in range(1, n)]
     assert result.prompt_logprobs[1:] == pytest.approx(want_prompt, abs=1e-4)
     assert len(result.prompt_top_logprobs[3]) == 2
+    streamed = [e for e in engine.stream([Request(prompt, cfg)]) if e.token is not None]
+    assert [e.logprob for e in streamed] == gen.logprobs
+    assert [e.top_logprobs for e in streamed] == gen.top_logprobs
 
 
 def test_prompt_logprobs_only_request_and_padding(engine):

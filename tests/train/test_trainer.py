@@ -71,7 +71,7 @@ def test_exact_resume_matches_uninterrupted(toy_data, tmp_path, monkeypatch):
     monkeypatch.setattr(lm, "lm_objective", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run_dir=tmp_path / "cut")
-    assert read_status(tmp_path / "cut")["state"] == "failed"
+    assert read_status(tmp_path / "cut")["state"] == "interrupted"
     assert read_meta(tmp_path / "cut" / "checkpoints" / "latest")["step"] == 4
     monkeypatch.setattr(lm, "lm_objective", real)
     resumed = train(cfg, run_dir=tmp_path / "cut")
