@@ -207,3 +207,25 @@ def test_density_aware_run_interrupted_after_a_checkpoint_resumes_exactly(tmp_pa
     assert a.keys() == b.keys() and any(k.startswith("head.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_bradley_terry_loss_with_weights_margin_and_centring():
+    from lmlab.studies.preference.recipe import RewardArgs, make_objective
+
+    rewards = torch.tensor([2.0, 0.0, 1.0, 1.0])  # chosen 2, 0; rejected 1, 1
+
+    def model(ids, last):
+        return rewards.clone().requires_grad_()
+
+    batch = {"ids": torch.zeros(4, 3, dtype=torch.long), "last": torch.zeros(4, dtype=torch.long),
+             "loss_weight": torch.tensor([3.0, 1.0]), "margin": torch.tensor([0.0, 0.5])}  # fmt: skip
+    diff = torch.tensor([1.0, -1.0])
+    loss, m = make_objective(RewardArgs(pairs="x"))(model, {**batch, "margin": torch.zeros(2)})
+    want = (torch.tensor([3.0, 1.0]) * -torch.nn.functional.logsigmoid(diff)).mean()
+    assert loss.item() == pytest.approx(want.item()) and m["accuracy"] == 0.5 and m["margin"] == 0.0
+    # a constant margin, each pair's own margin (the data's, with margin_from_pairs) and centring
+    loss, _ = make_objective(RewardArgs(pairs="x", margin=0.25, center_coef=0.1))(model, batch)
+    shifted = -torch.nn.functional.logsigmoid(diff - 0.25 - torch.tensor([0.0, 0.5]))
+    centre = 0.1 * torch.tensor([3.0, 1.0]) ** 2  # (r_c + r_r)^2
+    want = (torch.tensor([3.0, 1.0]) * (shifted + centre)).mean()
+    assert loss.item() == pytest.approx(want.item())
