@@ -9,6 +9,7 @@ results.json, the 3-D view. A rerun reuses finished steps (data files, finished 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -282,8 +283,14 @@ def run_demo(
     embed_fn=None,
 ) -> Path:
     """The whole study into `out`; `spec` and `embed_fn` (a stand-in for MiniLM) are for tests."""
+    import torch
+
     import lmlab.studies.preference.recipe  # noqa: F401  (registers "reward")
 
+    # models this small gain nothing from a second thread, and on a busy 2-core machine two
+    # threads per process made a step ~20x slower (thread oversubscription); OMP_NUM_THREADS wins
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     t0 = time.time()
     out = Path(out)
     meta = prepare_data(out, k, eps, echo, spec, embed_fn)
