@@ -376,6 +376,13 @@ def test_messages_name_the_source_and_the_tokenizer_role(tmp_path, two):
     with pytest.raises(LmlabError) as err:
         TokenLoader({}, "train", 8, 2)
     assert str(err.value) == "data sources: expected a non-empty mapping of path -> weight"
+    empty = split_dirs(tmp_path / "e", [[5, 6]], [])  # a val split without documents
+    with pytest.raises(LmlabError) as err:
+        TokenLoader({empty: 1}, "val", 8, 1, doc_rows=True)
+    assert str(err.value) == (
+        f"data source {empty}: its val split (val/ subdirectory) has 0 tokens, not enough for "
+        "one row (a document of 2+ tokens)"
+    )
 
 
 def test_state_and_metadata(two):
