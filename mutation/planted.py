@@ -1,8 +1,8 @@
 """The planted bugs of issue 9, one at a time, each against the tests that should catch it.
 
 Every bug is a one-line edit of the real source in a scratch copy (mutation/work/planted); the
-test files named with it must fail. Prints the table "bug -> tests that fail" and exits 1 if a
-bug breaks no test.
+test files named with it must fail. Prints the table "bug -> tests that fail" (also written to
+mutation/planted.md when every bug was run) and exits 1 if a bug breaks no test.
 
     python mutation/planted.py            # all bugs
     python mutation/planted.py 3 7        # some of them (1-based)
@@ -190,7 +190,8 @@ def main() -> int:
     picked = [int(a) for a in sys.argv[1:]] or list(range(1, len(BUGS) + 1))
     fresh_copy()
     missed = 0
-    print("| # | planted bug | tests that fail |\n|---|---|---|")
+    lines = ["| # | planted bug | tests that fail |", "|---|---|---|"]
+    print("\n".join(lines))
     for i in picked:
         bug = BUGS[i - 1]
         failed = failing_tests(bug)
@@ -202,7 +203,15 @@ def main() -> int:
             shown = ", ".join(f"`{n}`" for n in names[:4]) + (
                 f" (+{len(names) - 4} more)" if len(names) > 4 else ""
             )
-        print(f"| {i} | {bug.what} (`{bug.path}`) | {shown} |", flush=True)
+        lines.append(f"| {i} | {bug.what} (`{bug.path}`) | {shown} |")
+        print(lines[-1], flush=True)
+    if len(picked) == len(BUGS):
+        (HERE / "planted.md").write_text(
+            "# Planted bugs of issue 9 and the tests that catch them\n\n"
+            "`python mutation/planted.py` plants each bug alone in a scratch copy.\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
     return 1 if missed else 0
 
 
