@@ -7,40 +7,15 @@ are counted, not scored.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
+from lmlab.runs.stats import bootstrap_mean_ci, wilson  # noqa: F401  (re-exported)
 from lmlab.studies.preference.pairs import read_pairs, write_jsonl
 from lmlab.studies.preference.rm_data import build_items
 
-Z95 = 1.959963984540054
 PASSTHROUGH_SKIP = ("prefix", "chosen", "rejected")
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (0, 1 when n is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
-
-
-def bootstrap_mean_ci(
-    correct: np.ndarray, reps: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """correct [seeds, items] (0/1): the mean over seeds and items, and a 95% interval from
-    resampling the items (the test prompts), each resample averaged over the seeds."""
-    rng = np.random.default_rng(seed)
-    per_item = correct.mean(axis=0)
-    n = len(per_item)
-    means = per_item[rng.integers(0, n, size=(reps, n))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(per_item.mean()), float(lo), float(hi)
 
 
 def score_pairs(rm: str | Path, pairs_path: Path, batch_size: int = 32) -> tuple[list[dict], int]:

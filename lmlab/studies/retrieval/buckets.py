@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
+from lmlab.runs.stats import Z95, wilson  # noqa: F401  (the study reads them from here)
+
 LENGTH_BUCKETS = (("<=16", 1, 16), ("17-64", 17, 64), ("65-128", 65, 128), (">128", 129, 10**9))
 POSITION_BUCKETS = ("front", "middle", "back")
-Z95 = 1.959963984540054
 
 
 def length_bucket(num_pairs: int) -> str:
@@ -21,17 +22,6 @@ def length_bucket(num_pairs: int) -> str:
 def position_bucket(pos: float) -> str:
     """front: < 0.25 of the pairs, back: > 0.75, middle: the rest."""
     return "front" if pos < 0.25 else "back" if pos > 0.75 else "middle"
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion; (nan, nan) for n = 0."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def bucket_counts(values: list, names: list[str] | tuple[str, ...], key) -> dict[str, int]:
