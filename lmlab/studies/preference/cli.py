@@ -1,4 +1,4 @@
-"""`lmlab prefs download|prefixes|embed|train-rm|score|viz|demo`.
+"""`lmlab prefs download|prefixes|embed|train-rm|train-dpo|train-grpo|score|eval|viz|demo`.
 
 Every verb reads and writes the seed's file names inside one data folder (`--dir`, default
 LMLAB_HOME/prefs): pairs_all.jsonl -> prefixes_all.jsonl -> embeddings/ -> viz/; options name
@@ -155,6 +155,7 @@ RM_BASE = {
     "model": {"depth": 4, "seq_len": 256},
 }
 DPO_BASE = {**RM_BASE, "name": "dpo", "recipe": "dpo", "optim": {"lr": 1e-4}}
+GRPO_BASE = {**RM_BASE, "name": "grpo", "recipe": "grpo", "optim": {"lr": 1e-4}}
 
 DensityAwareOpt = Annotated[
     bool, typer.Option("--density-aware", help="Weight pairs by their prefix's density.")
@@ -268,6 +269,69 @@ def train_dpo_cmd(
 
     base = {**DPO_BASE, "name": "dpo-density" if density_aware else "dpo"}
     args = {"density_aware": density_aware, "loss_type": loss_type, "beta": beta}
+    top = {"init_from": init_from, "steps": steps, "seed": seed}
+    files = (pairs, prefixes, embeddings)
+    d = data_dir(dir_)
+    cfg = pair_recipe_config(base, args, d, files, tokenizer, top, config, set_, print_config)
+    train(cfg, run_dir=run_dir)
+
+
+@app.command("train-grpo")
+def train_grpo_cmd(
+    rm: Annotated[
+        str | None,
+        typer.Option("--rm", help="Reward-model run (or --set recipe_args.reward_word=WORD)."),
+    ] = None,
+    density_aware: Annotated[
+        bool, typer.Option("--density-aware", help="Draw prompts by their density weight.")
+    ] = False,
+    num_generations: Annotated[
+        int, typer.Option("--num-generations", help="G: completions per prompt (>= 2).")
+    ] = 8,
+    loss_type: Annotated[
+        str, typer.Option("--loss-type", help="grpo | dr_grpo | dapo (normalisation).")
+    ] = "dapo",
+    beta: Annotated[float, typer.Option("--beta", help="KL (k3) to the starting policy.")] = 0.0,
+    scale_rewards: Annotated[
+        str, typer.Option("--scale-rewards", help="group | batch | none.")
+    ] = "group",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Longest completion.")
+    ] = 32,
+    init_from: Annotated[
+        str | None, typer.Option("--init-from", help="Starting policy (and reference): a run.")
+    ] = None,
+    tokenizer: TokenizerOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = None,
+    pairs: PairsOpt = None,
+    prefixes: PrefixesOpt = None,
+    embeddings: EmbeddingsOpt = None,
+    dir_: DirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    print_config: PrintConfigOpt = False,
+) -> None:
+    """Train a policy with GRPO: G samples per prompt of the pairs file, rewards from a reward
+    model, advantages relative to the group; with --density-aware rare prompts are drawn more
+    often (by their density weight).
+
+    Example: lmlab prefs train-grpo --dir runs/prefs-sample --init-from runs/sft-1a2b3c4d --rm runs/rm-5e6f7a8b
+    """
+    from lmlab.train.run import train
+
+    base = {**GRPO_BASE, "name": "grpo-density" if density_aware else "grpo"}
+    base["micro_batch"] = num_generations * max(1, 16 // max(num_generations, 1))
+    args = {
+        "density_aware": density_aware,
+        "rm": rm or "",
+        "num_generations": num_generations,
+        "loss_type": loss_type,
+        "beta": beta,
+        "scale_rewards": scale_rewards,
+        "max_new_tokens": max_new_tokens,
+    }
     top = {"init_from": init_from, "steps": steps, "seed": seed}
     files = (pairs, prefixes, embeddings)
     d = data_dir(dir_)
