@@ -18,8 +18,56 @@ _H2O_SUM = "mean and sum over the queries differ by the constant factor w: the s
 _POOL_SHAPE = "avg/max pooling is per channel: pooling [N, n] or [N/2, 2, n] gives the same rows"
 _NP_INT = "numpy's default integer is int64 here (Linux), and every value is cast to it on use"
 _RESET = "assigned again when the first role token opens a message, before it is read"
+_STRICT = "the zipped lists always have equal lengths (checked where they are made)"
+_NO_QUERIES = (
+    "a policy that records no queries (full, streamingllm, random) never reads them; the "
+    "queries passed to one that does are tested"
+)
+_CPU_INDEX = "indexing accepts a CPU index tensor on every device (CUDA and meta included)"
 
 EQUIVALENT: dict[str, str] = {
+    # ---- model/kv.py
+    "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_19": "None is falsy like False where it is read",
+    "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_22": "v is only read after k, and both are set together",
+    "lmlab.model.kv.xǁKVCacheǁ_record__mutmut_6": "_record never runs with record_queries = 0",
+    "lmlab.model.kv.xǁKVCacheǁ_record__mutmut_7": "_record never runs with record_queries = 0",
+    "lmlab.model.kv.xǁKVCacheǁadvance__mutmut_6": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁadvance__mutmut_9": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁadvance__mutmut_10": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁmax_position__mutmut_8": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁmax_position__mutmut_11": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁmax_position__mutmut_12": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁpositions__mutmut_9": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁpositions__mutmut_12": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁpositions__mutmut_13": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_50": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_53": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_54": _STRICT,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_2": (
+        "k is None exactly when prefill_len is None here (both are set by the first chunk)"
+    ),
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_100": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_105": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_106": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_107": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_108": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_109": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁcompress__mutmut_110": _NO_QUERIES,
+    "lmlab.model.kv.xǁKVCacheǁconv_window__mutmut_2": (
+        "an unpadded first chunk is multiplied by an all-ones mask: unchanged"
+    ),
+    "lmlab.model.kv.xǁKVCacheǁselect_rows__mutmut_6": _CPU_INDEX,
+    "lmlab.model.kv.xǁKVCacheǁselect_rows__mutmut_8": _CPU_INDEX,
+    "lmlab.model.kv.xǁKVCacheǁselect_rows__mutmut_15": _CPU_INDEX,
+    "lmlab.model.kv.xǁKVCacheǁselect_rows__mutmut_17": _CPU_INDEX,
+    "lmlab.model.kv.xǁKVCacheǁtrim__mutmut_1": "valid is None only before any write, when pos is 0",
+    "lmlab.model.kv.xǁKVCacheǁtrim__mutmut_4": "with one slot there is nothing before it to drop",
+    "lmlab.model.kv.xǁKVCacheǁtrim__mutmut_8": (
+        "any over rows then layers is any over layers then rows"
+    ),
+    "lmlab.model.kv.xǁKVCacheǁupdate__mutmut_70": (
+        "the diagonal is added back by the `itself` term of the mask"
+    ),
     # ---- model/kv_policies.py
     "lmlab.model.kv_policies.x__pool__mutmut_1": "avg/max pooling with kernel 1 is the identity",
     "lmlab.model.kv_policies.x__pool__mutmut_11": _POOL_SHAPE,

@@ -352,18 +352,60 @@ def test_trim_drops_slots_no_row_attends_to():
 
 def test_concat_right_aligns_rows_and_decodes_like_each_cache_alone():
     model = tiny_model(short_conv=3)
-    a_rows, b_rows = prompts(9, 4, seed=1), prompts(6, seed=2)
+    a_rows, b_rows, c_rows = prompts(9, 4, seed=1), prompts(6, seed=2), prompts(5, seed=3)
     a, _ = prefill(model, a_rows)
     b, _ = prefill(model, b_rows)
     b.compress(make_policy("streamingllm", 0.5))
-    both = KVCache.concat([a, KVCache(0, 2, 1), b], room=3)
-    assert both.batch_size == 3 and both.seen == [9, 4, 6] and both.pos == 9
-    assert both.capacity == 12 and both.compressed and both.prefill_len == 9
-    assert both.retained_lengths() == [[9, 9], [4, 4], [3, 3]]
-    got = step(model, both, [1, 2, 3])
+    c, _ = prefill(model, c_rows)
+    both = KVCache.concat([a, KVCache(0, 2, 1), b, c], room=3)
+    assert both.batch_size == 4 and both.seen == [9, 4, 6, 5] and both.pos == 9
+    assert both.n_layer == 2 and both.capacity == 12 and both.compressed
+    assert both.prefill_len == 9
+    assert both.retained_lengths() == [[9, 9], [4, 4], [3, 3], [5, 5]]
+    got = step(model, both, [1, 2, 3, 4])
     torch.testing.assert_close(got[:2], step(model, a, [1, 2]), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got[2:], step(model, b, [3]), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="nothing to concatenate"):
-        KVCache.concat([KVCache(0, 2, 1)], room=1)
+    torch.testing.assert_close(got[2:3], step(model, b, [3]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[3:], step(model, c, [4]), atol=1e-4, rtol=1e-4)
+    alone, _ = prefill(model, c_rows)
+    one = KVCache.concat([alone], room=2)  # one cache: the same rows, room after them
+    assert (
+        one.seen == [5]
+        and one.capacity == 7
+        and torch.equal(one.k[:, :, :, :5], alone.k[:, :, :, :5])
+    )
+    for caches, message in [
+        ([KVCache(0, 2, 1)], "nothing to concatenate"),
+        ([KVCache(1, 2, 4)], "only caches past their prefill can be concatenated"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            KVCache.concat(caches, room=1)
+        assert str(err.value) == message
+    written = KVCache(1, 2, 8)  # keys written, the chunk not yet finished (no advance)
+    written.update(0, torch.zeros(1, 4, 2, 8), torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8))
     with pytest.raises(ValueError, match="only caches past their prefill"):
-        KVCache.concat([KVCache(1, 2, 4)], room=1)
+        KVCache.concat([written], room=1)
+
+
+def test_concat_on_the_device_of_the_caches():
+    caches = []
+    for B, T in ((2, 5), (1, 3)):
+        cache = KVCache(B, 2, T)
+        kv = torch.empty(B, 2, T, 8, device="meta")
+        for layer in range(2):
+            cache.update(layer, torch.empty(B, 4, T, 8, device="meta"), kv, kv)
+        cache.advance(T)
+        caches.append(cache)
+    both = KVCache.concat(caches, room=2)
+    assert both.k.device.type == both.valid.device.type == "meta" and both.valid.shape == (2, 3, 7)
+
+
+def test_trim_of_a_single_leading_slot():
+    model = tiny_model()
+    batch = prompts(5, 6, seed=4)
+    cache, _ = prefill(model, batch, extra=6)  # capacity 12; row 0 has one padding slot
+    cache.select_rows([0])
+    cache.trim()
+    assert (cache.pos, cache.capacity) == (5, 11)
+    got = step(model, cache, [7])
+    ref, _ = prefill(model, [batch[0]])
+    torch.testing.assert_close(got, step(model, ref, [7]), atol=1e-4, rtol=1e-4)
