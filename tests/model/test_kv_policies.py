@@ -191,17 +191,21 @@ def test_compressed_cache_holds_the_old_slots_at_exactly_the_chosen_indices(name
     assert cache.pos == max(math.ceil(0.3 * n) for n in LENS)
 
 
-def test_snapkv_keeps_each_heads_own_heavy_key_and_the_window():
-    policy = make_policy("snapkv", 0.3, window=8, kernel=1)
+@pytest.mark.parametrize(
+    ("name", "budget", "tail"),
+    [("snapkv", 0.3, lambda k: 8), ("h2o", 0.2, lambda k: k // 2)],  # window 8; recent half
+)
+def test_each_head_keeps_its_own_heavy_key_and_the_recent_tail(name, budget, tail):
+    policy = make_policy(name, budget, window=8, kernel=1)
     cache, _ = planted_cache(policy)
     cache.compress(policy)
     for b, n in enumerate(LENS):
-        k = math.ceil(0.3 * n)
+        k = math.ceil(budget * n)
         for layer in range(L):
             for h in range(HKV):
                 kept = kept_positions(cache, b, k)[layer][h]
-                assert len(kept) == len(set(kept)) == k, kept  # the window is not taken twice
-                assert kept[-8:] == list(range(n - 8, n))
+                assert len(kept) == len(set(kept)) == k, kept  # the tail is not taken twice
+                assert kept[-tail(k) :] == list(range(n - tail(k), n))
                 assert HEAVY[b][layer][h] in kept and HEAVY[b][layer][1 - h] not in kept
 
 
@@ -215,20 +219,6 @@ def test_snapkv_pooling_keeps_the_heavy_keys_neighbours():
             kept = kept_positions(cache, 0, 16)[layer][h]
             # avg pooling spreads the heavy score over +-2: all five neighbours are kept
             assert set(range(heavy - 2, heavy + 3)) <= set(kept[:-8]), (layer, h, kept)
-
-
-def test_h2o_keeps_each_heads_own_heavy_hitter_and_the_recent_half():
-    policy = make_policy("h2o", 0.2)
-    cache, _ = planted_cache(policy)
-    cache.compress(policy)
-    for b, n in enumerate(LENS):
-        k = math.ceil(0.2 * n)
-        for layer in range(L):
-            for h in range(HKV):
-                kept = kept_positions(cache, b, k)[layer][h]
-                assert len(kept) == len(set(kept)) == k
-                assert kept[-(k // 2) :] == list(range(n - k // 2, n))
-                assert HEAVY[b][layer][h] in kept and HEAVY[b][layer][1 - h] not in kept
 
 
 # ---- selections against the reference written out ---------------------------------------------
