@@ -225,25 +225,19 @@ class LocalBench(BenchEngine):
                 yield it, self._reply(res, len(ids), wall)
 
     def _generate(self, engine, prompts, cfgs) -> list:
-        """Through the request-level API when the engine has it, else one batched call per cell
-        (every request of a chunk shares its config there)."""
-        from lmlab.model import engine as E
+        """One request per prompt, each with its own settings; an invalid one fails alone."""
+        from lmlab.model.engine import Request
 
-        if hasattr(E, "Request") and hasattr(engine, "run"):
-            return list(engine.run([E.Request(p, c) for p, c in zip(prompts, cfgs, strict=True)]))
-        try:
-            return engine.generate(prompts, cfgs[0])
-        except LmlabError as e:
-            return [e] * len(prompts)
+        return engine.run([Request(p, c) for p, c in zip(prompts, cfgs, strict=True)])
 
     def _reply(self, res, prompt_len: int, wall: float) -> Reply:
         from lmlab.studies.kvbench.metrics import error_type_for
 
-        error = res if isinstance(res, Exception) else getattr(res, "error", None)
-        if error:
-            msg = str(error)
-            return Reply(error_type=error_type_for(msg), error=msg, prompt_tokens=prompt_len)
-        g = res.samples[0] if hasattr(res, "samples") else res
+        if res.error:
+            return Reply(
+                error_type=error_type_for(res.error), error=res.error, prompt_tokens=prompt_len
+            )
+        g = res.samples[0]
         n_layer = self.model.cfg.n_layer
         retained = list(g.kv_retained or [])
         latency = g.prefill_s + g.decode_s
@@ -251,7 +245,7 @@ class LocalBench(BenchEngine):
             text=self.tok.decode(g.tokens, skip_special=True),
             finish_reason=g.finish_reason,
             latency_s=latency,
-            ttft_s=getattr(g, "ttft_s", None) or g.prefill_s,
+            ttft_s=g.ttft_s,
             prefill_s=g.prefill_s,
             decode_s=g.decode_s,
             decode_tokens_per_s=g.decode_tokens_per_s,
