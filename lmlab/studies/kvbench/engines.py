@@ -127,6 +127,21 @@ def random_checkpoint(spec, cfg, out: Path) -> Path:
     return save_checkpoint(ckpt, model, meta)
 
 
+def resolve_glob(path: str) -> Path:
+    """A checkpoint path, or a glob (a run id's hash differs by machine) matching exactly one."""
+    if not any(c in path for c in "*?["):
+        return Path(path)
+    import glob
+
+    found = sorted(glob.glob(path))
+    if len(found) != 1:
+        raise LmlabError(
+            f"engine.checkpoint {path!r} matches {len(found)} paths ({', '.join(found[:3])}); "
+            "it must match exactly one"
+        )
+    return Path(found[0])
+
+
 class LocalBench(BenchEngine):
     """An lmlab checkpoint in this process; the policy is applied by lmlab's engine."""
 
@@ -137,7 +152,7 @@ class LocalBench(BenchEngine):
 
         self.cfg = cfg = bench_cfg.engine
         if cfg.checkpoint:
-            self.ckpt = Path(cfg.checkpoint)
+            self.ckpt = resolve_glob(cfg.checkpoint)
         elif cfg.random_init is not None:
             self.ckpt = random_checkpoint(cfg.random_init, bench_cfg, out)
         else:

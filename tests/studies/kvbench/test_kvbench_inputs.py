@@ -208,3 +208,14 @@ def test_kvpress_engine_without_kvpress_says_how_to_get_it(tiny):
     with pytest.raises(LmlabError, match=r"stage prepare: .*needs the kvpress package"):
         bench.stage("prepare")
     assert db_counts(bench.out / "kvbench.sqlite")["examples"] == 0
+
+
+def test_checkpoint_glob_must_match_exactly_one(tmp_path):
+    from lmlab.studies.kvbench.engines import resolve_glob
+
+    assert resolve_glob(str(tmp_path / "x")) == tmp_path / "x"
+    (tmp_path / "run-s0-aaaa").mkdir()
+    assert resolve_glob(str(tmp_path / "run-s0-*")) == tmp_path / "run-s0-aaaa"
+    (tmp_path / "run-s0-bbbb").mkdir()
+    with pytest.raises(LmlabError, match="matches 2 paths"):
+        resolve_glob(str(tmp_path / "run-s0-*"))
