@@ -2,6 +2,6 @@
 context-length bin?
 
 prepare (datasets, prepare) -> run (engines, openai_engine, run) -> score (metrics, score) ->
-analyze (stats, analyze) -> report (report); `pipeline` skips stages whose inputs are unchanged;
+analyze (analyze, with lmlab.runs.stats) -> report (report); `pipeline` skips stages whose inputs are unchanged;
 `demo` runs it on the retrieval demo's checkpoint. Entry points live in `cli.py`.
 """

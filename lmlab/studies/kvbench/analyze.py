@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.runs.report import heatmap_grid, line_grid
+from lmlab.runs.stats import bootstrap_ci, percentile, rng_for
 from lmlab.studies.kvbench import db
 from lmlab.studies.kvbench.config import KvbenchConfig
 from lmlab.studies.kvbench.run import REFERENCE
-from lmlab.studies.kvbench.stats import bootstrap_ci, percentile, rng_for
 
 PLOTS = ("acc_by_bin.png", "fail_by_bin.png", "latency_p50_by_bin.png", "acc_heatmap.png")
 

@@ -163,7 +163,7 @@ def run_rows(conn: sqlite3.Connection, run_ids: list[str], cols: str, table: str
 
 def overall_text(conn: sqlite3.Connection, run_ids: list[str], n_boot: int, seed: int) -> str:
     """Mean accuracy per (policy, budget) over every example, with the paired difference to full."""
-    from lmlab.studies.kvbench.stats import bootstrap_ci, rng_for
+    from lmlab.runs.stats import bootstrap_ci, rng_for
 
     rows = run_rows(conn, run_ids, "q.example_id, s.score", "scores s")
     cells: dict = {}
