@@ -268,15 +268,26 @@ class RunningBatch:
         return group
 
     def _admit(self, events: list[Event]) -> None:
-        group = self._take_pending()
-        if not group:
-            return
+        """Prefill the waiting requests that fit; requests that keep a different number of
+        prompt tokens out of compression (`kv_suffix`) are prefilled apart."""
+        by_suffix: dict[int, list[Handle]] = {}
+        for h in self._take_pending():
+            by_suffix.setdefault(h.request.cfg.kv_suffix, []).append(h)
+        for suffix, group in by_suffix.items():
+            self._prefill(group, suffix, events)
+
+    def _prefill(self, group: list[Handle], suffix: int, events: list[Event]) -> None:
+        """Prefill `group` (left-padded), compress each row with its policy, feed the last
+        `suffix` prompt tokens through the compressed cache, draw the first tokens, and join the
+        survivors to the running batch."""
         engine, model = self.engine, self.model
         prompts = [list(map(int, h.request.prompt)) for h in group]
         cfgs = [h.request.cfg for h in group]
-        B, T = len(group), max(len(p) for p in prompts)
-        pads = [T - len(p) for p in prompts]
-        ids = torch.tensor([[0] * pad + p for pad, p in zip(pads, prompts, strict=True)])
+        B, T = len(group), max(len(p) for p in prompts) - suffix
+        pads = [T - (len(p) - suffix) for p in prompts]
+        ids = torch.tensor(
+            [[0] * pad + p[: len(p) - suffix] for pad, p in zip(pads, prompts, strict=True)]
+        )
         policies = [c.policy() for c in cfgs]
         windows = [p.query_window for p in policies]
         record = -1 if any(w < 0 for w in windows) else max(windows)
@@ -285,12 +296,17 @@ class RunningBatch:
         cache = KVCache(
             B,
             model.cfg.n_layer,
-            T + max(c.max_new_tokens for c in cfgs),
+            T + suffix + max(c.max_new_tokens for c in cfgs),
             left_pad=pads,
             record_queries=record,
         )
         logits = model(ids.to(engine.device), kv_cache=cache, last_only=not full_logits)
         retained = cache.compress(policies, rows=[0] * B)
+        if suffix:  # the question reads the compressed context, and is kept whole itself
+            tail = torch.tensor([p[len(p) - suffix :] for p in prompts], device=engine.device)
+            more = model(tail, kv_cache=cache, last_only=not full_logits)
+            logits = torch.cat([logits, more], dim=1) if full_logits else more
+            retained = cache.retained_lengths()
         t1 = _clock(engine.device)
         if full_logits:
             for b, h in enumerate(group):

@@ -44,6 +44,7 @@ class GenerationConfig:
     kv_kernel: int = 7  # snapkv pooling kernel
     kv_pooling: str = "avg"  # snapkv pooling: avg or max
     kv_sinks: int = 4  # streamingllm attention sinks
+    kv_suffix: int = 0  # the last N prompt tokens (the question) are prefilled after compression
     num_samples: int = 1  # samples from one prefill (the cache rows are copied)
     logprobs: int | None = None  # None: off; 0: each generated token's; N: also the top N
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (the first has none)
@@ -147,6 +148,8 @@ def check_request(request: Request, model_cfg: Any, has_tokenizer: bool) -> str 
     n = len(prompt)
     if n == 0:
         return "prompt is empty"
+    if not 0 <= cfg.kv_suffix < n:
+        return f"kv_suffix must be in [0, {n}) for a prompt of {n} tokens, got {cfg.kv_suffix}"
     if n + cfg.max_new_tokens > context:
         over = n + cfg.max_new_tokens - context
         return (

@@ -225,3 +225,29 @@ def test_engine_unwraps_a_wrapped_model():
 def test_vocab_check_uses_each_request(engine):
     (res,) = engine.run([Request([1, V], GenerationConfig())])
     assert "outside the vocabulary" in res.error
+
+
+def test_kv_suffix_feeds_the_question_through_the_compressed_cache(engine):
+    prompt = prompts(30, seed=12)[0]
+    plain = GenerationConfig(max_new_tokens=6, logprobs=0, prompt_logprobs=0)
+    split = GenerationConfig(max_new_tokens=6, logprobs=0, prompt_logprobs=0, kv_suffix=3)
+    a, b = engine.run([Request(prompt, plain), Request(prompt, split)])
+    # with the full cache, prefilling the last 3 tokens apart changes nothing
+    assert a.samples[0].tokens == b.samples[0].tokens
+    assert b.samples[0].logprobs == pytest.approx(a.samples[0].logprobs, abs=1e-4)
+    assert b.prompt_logprobs[1:] == pytest.approx(a.prompt_logprobs[1:], abs=1e-4)
+    # compressed: the first token is drawn from the compressed context (it is not, without a
+    # suffix), and the suffix itself is kept whole: ceil(0.2 * 27) + 3 slots
+    comp = dict(kv_policy="streamingllm", kv_budget=0.2, logprobs=0, max_new_tokens=6)
+    c, d = engine.run([
+        Request(prompt, GenerationConfig(**comp)),
+        Request(prompt, GenerationConfig(**comp, kv_suffix=3)),
+    ])  # fmt: skip
+    assert c.samples[0].logprobs[0] == pytest.approx(a.samples[0].logprobs[0], abs=1e-5)
+    assert abs(d.samples[0].logprobs[0] - a.samples[0].logprobs[0]) > 1e-3
+    assert d.samples[0].kv_retained == [6 + 3, 6 + 3]
+    # batch invariance with a mix of suffixes
+    reqs = [Request(prompt, GenerationConfig(**comp, kv_suffix=k)) for k in (0, 3, 1)]
+    assert outputs(engine.run(reqs)) == outputs([engine.run([r])[0] for r in reqs])
+    (bad,) = engine.run([Request(prompt, GenerationConfig(kv_suffix=30))])
+    assert "kv_suffix must be in [0, 30)" in bad.error
