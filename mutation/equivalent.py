@@ -153,6 +153,9 @@ EQUIVALENT: dict[str, str] = {
     "lmlab.data.loader.xǁTokenLoaderǁbatch__mutmut_50": (
         "the shard's unsigned ids are cast to int64 when written into x and y"
     ),
+    "lmlab.data.loader.xǁ_Sourceǁ__init____mutmut_20": (
+        "the writer skips empty documents: every document has its bos and a token, e - s >= 2"
+    ),
     "lmlab.data.loader.xǁ_Sourceǁ__init____mutmut_26": _NP_INT,
     "lmlab.data.loader.xǁ_Sourceǁ__init____mutmut_29": _NP_INT,
     "lmlab.data.loader.xǁ_Sourceǁ__init____mutmut_42": (

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmlab.data.loader import TokenLoader, count_tokens
-from lmlab.data.shards import ShardDir, ShardWriter
+from lmlab.data.shards import ShardDir, ShardWriter, split_view
 from lmlab.errors import LmlabError
 
 TOK = {"kind": "bpe", "vocab_size": 1000, "hash": "a" * 16, "special_ids": {"bos": 0, "eot": 1}}
@@ -408,3 +408,19 @@ def test_count_tokens_of_a_train_val_parent(tmp_path):
     assert count_tokens(root) == 4 + 3
     assert count_tokens(root, "train") == 4 and count_tokens(root, "val") == 3
     assert count_tokens(tmp_path / "d" / "train") == 4
+    (tmp_path / "half" / "val").mkdir(parents=True)  # no train/ beside it: not a parent
+    with pytest.raises(LmlabError, match=f"not a shard directory: {tmp_path / 'half'} "):
+        count_tokens(tmp_path / "half")
+
+
+def test_val_windows_are_counted_per_shard(tmp_path):
+    T = 4
+    root = tmp_path / "d"
+    with ShardWriter(root / "train", TOK, kind="pretrain") as w:
+        w.add_document(np.arange(2, 20))
+    with ShardWriter(root / "val", TOK, kind="pretrain", shard_tokens=8) as w:
+        w.add_document(np.arange(2, 2 + 3 * T - 1))  # a shard of 3T tokens: 2 windows
+        w.add_document(np.array([7]))  # a shard of 2 tokens: none
+    assert [len(s.tokens) for s in split_view(root, "val").segments] == [3 * T, 2]
+    val = TokenLoader({str(root): 1}, "val", T, 1)
+    assert val.sources[0].n_rows == 2 and val.num_val_batches == 2
