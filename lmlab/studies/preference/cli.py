@@ -433,9 +433,13 @@ def demo_cmd(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per arm.")] = 3,
     steps: Annotated[int | None, typer.Option("--steps", help="Steps per reward model.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete OUT first.")] = False,
+    policy: Annotated[
+        bool, typer.Option("--policy/--no-policy", help="Then the policy stage (demo-policy).")
+    ] = True,
 ) -> None:
     """Synthetic preferences with rare and common topics -> MiniLM density -> reward models,
-    uniform vs density-aware, -> held-out accuracy on rare and common prompts (report.md).
+    uniform vs density-aware, -> held-out accuracy on rare and common prompts (report.md); then
+    the policy stage: SFT start -> DPO uniform vs density-aware (policy_report.md).
 
     Example: lmlab prefs demo --out runs/prefs-demo
     """
@@ -447,3 +451,23 @@ def demo_cmd(
         shutil.rmtree(out)
     report = run_demo(out, tuple(range(seeds)), steps or RM_DEMO["steps"], echo=typer.echo)
     typer.echo(f"report: {report}")
+    if policy:
+        demo_policy_cmd(out=out)
+
+
+@app.command("demo-policy")
+def demo_policy_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Demo folder.")] = Path("runs/prefs-demo"),
+) -> None:
+    """The demo's policy stage on its data: SFT start -> DPO uniform vs density-aware ->
+    held-out answers and implicit-reward accuracy, rare vs common topics (policy_report.md).
+    The data come from `lmlab prefs demo` (written here first when missing).
+
+    Example: lmlab prefs demo-policy --out runs/prefs-demo
+    """
+    from lmlab.studies.preference.demo import prepare_data
+    from lmlab.studies.preference.policy_demo import run_policy_stage
+
+    prepare_data(out, 20, 1e-3, typer.echo)
+    run_policy_stage(out, echo=typer.echo)
+    typer.echo(f"report: {out / 'policy_report.md'}")

@@ -41,23 +41,30 @@ def base_of(policy: str | Path) -> str:
 
 
 def answers(model, tok, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
-    from lmlab.model.engine import Engine, GenerationConfig
+    from lmlab.model.engine import Engine, GenerationConfig, Request
     from lmlab.text.chat import fit_for_reply, role_token_ids
 
     ids, caps = zip(
         *(fit_for_reply(tok, m, model.cfg.seq_len, max_new_tokens) for m in prompts), strict=True
     )
-    engine = Engine(model, tok)
-    out = []
-    for prompt, cap in zip(ids, caps, strict=True):  # caps differ: one config per prompt
-        cfg = GenerationConfig(
-            max_new_tokens=cap,
-            temperature=0.0,
-            stop_tokens=(tok.eot_id,),
-            banned_tokens=tuple(role_token_ids(tok)),
+    requests = [  # caps differ: one config per prompt, all in one batch (greedy answers of a
+        # mixed batch equal each request alone)
+        Request(
+            prompt,
+            GenerationConfig(
+                max_new_tokens=cap,
+                temperature=0.0,
+                stop_tokens=(tok.eot_id,),
+                banned_tokens=tuple(role_token_ids(tok)),
+            ),
         )
-        out.append(engine.generate([prompt], cfg)[0].text)
-    return out
+        for prompt, cap in zip(ids, caps, strict=True)
+    ]
+    results = Engine(model, tok).run(requests, max_rows=256)
+    for r in results:
+        if r.error:
+            raise LmlabError(f"cannot answer a prompt: {r.error}")
+    return [r.samples[0].text for r in results]
 
 
 def evaluate_policy(
