@@ -76,6 +76,7 @@ def _sampling(req: SamplingFields, max_new: int, **extra) -> GenerationConfig:
         kv_kernel=req.kv_kernel,
         kv_pooling=req.kv_pooling,
         kv_sinks=req.kv_sinks,
+        kv_suffix=req.kv_suffix,
         num_samples=req.n,
         **extra,
     )

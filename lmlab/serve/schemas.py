@@ -25,6 +25,7 @@ EXTENSION_FIELDS = (
     "kv_kernel",
     "kv_pooling",
     "kv_sinks",
+    "kv_suffix",
 )
 IGNORED_FIELDS = ("user", "metadata", "store", "service_tier")  # bookkeeping, no effect on output
 MAX_STOP = 4  # OpenAI's limit
@@ -62,6 +63,7 @@ class SamplingFields(BaseModel):
     kv_kernel: Annotated[int, Field(ge=1)] = 7
     kv_pooling: Literal["avg", "max"] = "avg"
     kv_sinks: Annotated[int, Field(ge=0)] = 4
+    kv_suffix: Annotated[int, Field(ge=0)] = 0  # last N prompt tokens prefilled after compression
 
     @field_validator("stop")
     @classmethod

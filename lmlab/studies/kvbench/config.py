@@ -173,10 +173,46 @@ class PolicyOptions(Strict):
     pooling: Literal["avg", "max"] = "avg"
 
 
+class PolicyVariant(Strict):
+    """A labelled policy configuration (e.g. SnapKV with an 8-token window), listed in
+    `grid.policies` by its label: the engine runs `policy` with `grid.options` overridden by the
+    fields given here, and every table names the label."""
+
+    policy: str = Field(..., description="The engine's policy this variant configures.")
+    window: int | None = Field(None, ge=1)
+    kernel: int | None = Field(None, ge=1)
+    sinks: int | None = Field(None, ge=0)
+    pooling: Literal["avg", "max"] | None = None
+
+    def overrides(self) -> dict:
+        return self.model_dump(exclude={"policy"}, exclude_none=True)
+
+
 class GridConfig(Strict):
     policies: list[str] = Field(default_factory=lambda: ["snapkv"])
     budgets: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.2])
     options: PolicyOptions = Field(default_factory=PolicyOptions)
+    variants: dict[str, PolicyVariant] = Field(
+        default_factory=dict,
+        description="Labelled policy configurations (label -> policy + option overrides) that "
+        "grid.policies may list beside the plain policy names.",
+    )
+
+    def resolve(self, label: str) -> tuple[str, PolicyOptions]:
+        """(the engine's policy, its options) for a grid.policies entry."""
+        v = self.variants.get(label)
+        if v is None:
+            return label, self.options
+        return v.policy, self.options.model_copy(update=v.overrides())
+
+    @model_validator(mode="after")
+    def _variants(self) -> GridConfig:
+        for label, v in self.variants.items():
+            if label == "full" or v.policy == "full":
+                raise ValueError(f"variants.{label}: full has no options to vary")
+            if label == v.policy:
+                raise ValueError(f"variants.{label}: give the variant its own label")
+        return self
 
     @field_validator("budgets")
     @classmethod
@@ -204,6 +240,14 @@ class GenerationOptions(Strict):
         "middle",
         description="Prompts over the context: LongBench's middle truncation, or a "
         "CONTEXT_LENGTH_EXCEEDED failure.",
+    )
+    kv_suffix: Annotated[int, Field(ge=0)] | Literal["answer_cue", "question"] = Field(
+        0,
+        description="What is prefilled AFTER the policy compressed the rest (it and every "
+        "generated token then read the compressed cache; it is kept whole): 0 = nothing (the "
+        "first token sees the full prompt), N = the last N prompt tokens, `answer_cue` = the "
+        "prompt's last line (the retrieval split's final `A`, LongBench's `Answer:`), "
+        "`question` = the template's text after {context} (kvpress's context/question split).",
     )
 
 

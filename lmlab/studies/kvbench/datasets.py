@@ -52,6 +52,28 @@ def render(template: str, row: dict) -> str:
     return template.replace("{context}", row["context"]).replace("{input}", row["question"])
 
 
+def suffix_text(mode: int | str, template: str, row: dict, prompt: str) -> str | None:
+    """The trailing part of `prompt` prefilled after compression (`generation.kv_suffix`):
+    `answer_cue` = its last line (the retrieval split's final `A`, LongBench's `Answer:`),
+    `question` = the template's text after {context} (kvpress's split). None for a token count.
+    Raises when the mode splits nothing off (or everything)."""
+    if isinstance(mode, int):
+        return None
+    if mode == "answer_cue":
+        body = prompt.rstrip("\n")
+        suffix = prompt[body.rfind("\n") + 1 :] if "\n" in body else ""
+    else:
+        head, sep, tail = template.partition("{context}")
+        suffix = render(tail, row) if sep else ""
+    if not suffix.strip() or suffix == prompt or not prompt.endswith(suffix):
+        raise LmlabError(
+            f"example {row['example_id']!r}: generation.kv_suffix {mode!r} splits no "
+            f"{'last line' if mode == 'answer_cue' else 'question (template text after {context})'}"
+            " off its prompt; give a number of tokens instead"
+        )
+    return suffix
+
+
 def load_rows(ds: DatasetConfig) -> list[dict]:
     if ds.kind == "retrieval":
         rows = _retrieval_rows(ds)
@@ -182,11 +204,14 @@ def _retrieval_rows(ds: DatasetConfig) -> list[dict]:
         )
     out = []
     for i, row in enumerate(table.iter_rows(named=True)):
+        # context = the pairs, question = from the query line on ("Q key\nA"); the prompt is
+        # their concatenation, unchanged
+        cut = row["prompt"].rfind("\nQ ") + 1
         out.append(
             {
                 "example_id": f"{split.name}-{i:05d}",
-                "context": row["prompt"],
-                "question": "",
+                "context": row["prompt"][:cut],
+                "question": row["prompt"][cut:],
                 "answers": [row["value"]],
                 "all_classes": [],
                 "dataset_length": int(row["num_pairs"]),

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 CREATE TABLE IF NOT EXISTS examples (
   dataset_id TEXT, example_id TEXT, prompt TEXT, answers TEXT, all_classes TEXT,
   dataset_length INTEGER, prompt_tokens INTEGER, prompt_tokens_full INTEGER, truncated INTEGER,
-  PRIMARY KEY (dataset_id, example_id));
+  suffix TEXT, suffix_tokens INTEGER, PRIMARY KEY (dataset_id, example_id));
 CREATE TABLE IF NOT EXISTS bins (
   dataset_id TEXT, bin_id INTEGER, lo INTEGER, hi INTEGER, n_available INTEGER,
   n_sampled INTEGER, PRIMARY KEY (dataset_id, bin_id));
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
   config TEXT, verified TEXT, note TEXT, created_at REAL);
 CREATE TABLE IF NOT EXISTS requests (
   request_id TEXT PRIMARY KEY, run_id TEXT, example_id TEXT, prompt_tokens INTEGER,
-  max_new_tokens INTEGER, created_at REAL);
+  max_new_tokens INTEGER, kv_suffix INTEGER, created_at REAL);
 CREATE TABLE IF NOT EXISTS responses (
   request_id TEXT PRIMARY KEY, text TEXT, finish_reason TEXT, error_type TEXT, error TEXT,
   attempts INTEGER, created_at REAL);
@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS transition_summary (
   ci_lo REAL, ci_hi REAL, PRIMARY KEY (policy, bin_id, rule));
 """
 
+# columns added since the first schema: an older database gains them (empty) when opened
+ADDED_COLUMNS = (
+    ("examples", "suffix", "TEXT"),
+    ("examples", "suffix_tokens", "INTEGER"),
+    ("requests", "kv_suffix", "INTEGER"),
+)
+
 # the rows each stage owns: redoing a stage clears them first (in the same transaction)
 STAGE_TABLES = {
     "prepare": ("datasets", "examples", "bins", "manifest_entries"),
@@ -75,6 +82,9 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    for table, col, kind in ADDED_COLUMNS:
+        if col not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
     return conn
 
 

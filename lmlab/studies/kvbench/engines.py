@@ -22,6 +22,8 @@ class Item:
     example_id: str
     prompt: str
     max_new_tokens: int
+    kv_suffix: int = 0  # the last N prompt tokens are prefilled after compression
+    suffix: str | None = None  # their text, when the config named a part of the prompt
 
 
 @dataclass
@@ -62,6 +64,13 @@ class BenchEngine:
         """(prompt tokens the engine will see, tokens before truncation)."""
         raise NotImplementedError
 
+    def suffix_tokens(self, prompt: str, suffix: str) -> int:
+        """How many of the prompt's tokens the trailing text `suffix` covers."""
+        raise LmlabError(
+            f"generation.kv_suffix: the {self.kind} engine cannot count a text suffix's tokens; "
+            "give a number of tokens"
+        )
+
     def run_cell(
         self,
         items: list[Item],
@@ -79,6 +88,18 @@ def middle_truncate(ids: list[int], limit: int) -> list[int]:
         return ids
     half = limit // 2
     return ids[:half] + ids[len(ids) - (limit - half) :]
+
+
+def count_suffix(encode, prompt: str, suffix: str) -> int:
+    """Tokens of `prompt` past the tokens it shares with the prompt minus `suffix`: a token that
+    merges across the boundary counts as the suffix's, so the prefix is never split."""
+    ids, head = encode(prompt), encode(prompt[: len(prompt) - len(suffix)])
+    same = 0
+    for a, b in zip(ids, head, strict=False):
+        if a != b:
+            break
+        same += 1
+    return len(ids) - same
 
 
 def random_checkpoint(spec, cfg, out: Path) -> Path:
@@ -178,6 +199,9 @@ class LocalBench(BenchEngine):
         limit = self.seq_len - max_new
         return (min(n, limit) if truncate == "middle" else n), n
 
+    def suffix_tokens(self, prompt: str, suffix: str) -> int:
+        return count_suffix(self.encode, prompt, suffix)
+
     @property
     def model(self):
         if self._model is None:
@@ -230,6 +254,7 @@ class LocalBench(BenchEngine):
                     kv_kernel=options.kernel,
                     kv_pooling=options.pooling,
                     kv_sinks=options.sinks,
+                    kv_suffix=it.kv_suffix,
                 )
                 for it, _ in chunk
             ]

@@ -14,7 +14,7 @@ import time
 
 from lmlab.errors import LmlabError
 from lmlab.studies.kvbench.config import KvpressEngine
-from lmlab.studies.kvbench.engines import BenchEngine, Reply
+from lmlab.studies.kvbench.engines import BenchEngine, Reply, count_suffix
 from lmlab.studies.kvbench.metrics import error_type_for
 
 PRESSES = {
@@ -57,6 +57,9 @@ class KvpressBench(BenchEngine):
         n = len(self.tok(text).input_ids)
         return n, n
 
+    def suffix_tokens(self, prompt: str, suffix: str) -> int:
+        return count_suffix(lambda t: self.tok(t).input_ids, prompt, suffix)
+
     def press(self, policy: str, budget: float):
         import kvpress
 
@@ -66,11 +69,19 @@ class KvpressBench(BenchEngine):
 
     def run_cell(self, items, policy, budget, options, gen):
         press = self.press(policy, budget)
+        if any(it.kv_suffix and it.suffix is None for it in items):
+            raise LmlabError(
+                "generation.kv_suffix: kvpress takes the question as text (answer_cue or "
+                "question), not as a number of tokens"
+            )
         for it in items:
             t0 = time.perf_counter()
+            # kvpress's own split: the context is compressed, the question is fed after it
+            question = it.suffix or ""
+            context = it.prompt[: len(it.prompt) - len(question)]
             try:
                 out = self.pipe(
-                    it.prompt, question="", press=press, max_new_tokens=it.max_new_tokens
+                    context, question=question, press=press, max_new_tokens=it.max_new_tokens
                 )
             except Exception as e:  # one failed request is a row, not the end of the run
                 msg = f"{type(e).__name__}: {e}"

@@ -1,5 +1,6 @@
 """Any OpenAI-compatible endpoint, over httpx: `/v1/completions` (or `/v1/chat/completions`) with
-the KV extension fields `kv_policy` and `kv_budget` in the body (the `extra_body` of the official
+the KV extension fields `kv_policy`, `kv_budget` and the policy options (and `kv_suffix`, the
+prompt tokens prefilled after compression, when the config asks for it) in the body (the `extra_body` of the official
 client).
 
 `max_rpm` spaces request starts (a shared clock, so it holds across threads), `concurrency` caps
@@ -20,7 +21,7 @@ import httpx
 
 from lmlab.errors import LmlabError
 from lmlab.studies.kvbench.config import OpenAIEngine
-from lmlab.studies.kvbench.engines import BenchEngine, Item, Reply
+from lmlab.studies.kvbench.engines import BenchEngine, Item, Reply, count_suffix
 from lmlab.studies.kvbench.metrics import error_type_for
 
 
@@ -94,6 +95,14 @@ class OpenAIBench(BenchEngine):
         n = len(self.tok.encode(text)) if self.tok else len(text.split())
         return n, n
 
+    def suffix_tokens(self, prompt: str, suffix: str) -> int:
+        if self.tok is None:
+            raise LmlabError(
+                "generation.kv_suffix: a text suffix is sent as a token count, which needs "
+                "engine.tokenizer (the server's tokenizer folder); or give a number of tokens"
+            )
+        return count_suffix(self.tok.encode, prompt, suffix)
+
     def run_cell(self, items, policy, budget, options, gen):
         def one(it: Item) -> tuple[Item, Reply]:
             return it, self._request(it, policy, budget, options, gen)
@@ -116,6 +125,8 @@ class OpenAIBench(BenchEngine):
             "kv_pooling": options.pooling,
             "kv_sinks": options.sinks,
         }
+        if it.kv_suffix:  # only when asked: a server without the extension may refuse the field
+            body["kv_suffix"] = it.kv_suffix
         body["stop"] = ["\n"] if gen.stop_at_newline else []  # explicit: some servers need it
         if self.cfg.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": it.prompt}]

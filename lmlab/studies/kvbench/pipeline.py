@@ -68,6 +68,8 @@ class Bench:
                 "engine": c.engine.model_dump(mode="json"),
                 "truncate": c.generation.truncate,
             }
+            if c.generation.kv_suffix:  # (absent when 0, so older preparations stay valid)
+                parts["kv_suffix"] = c.generation.kv_suffix
         elif stage == "run":
             parts |= {
                 "engine": c.engine.model_dump(mode="json"),

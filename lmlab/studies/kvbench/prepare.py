@@ -98,6 +98,8 @@ def run_prepare(cfg: KvbenchConfig, conn: sqlite3.Connection, engine, out: Path)
     if not chosen:
         raise LmlabError(f"dataset {ds.dataset_id}: sampling picked no example")
     by_id = {r["example_id"]: r for r in rows}
+    for i in sorted(chosen):
+        split_suffix(by_id[i], cfg.generation.kv_suffix, template, engine)
     with db.Tx(conn):
         db.clear(conn, "prepare")
         db.insert(
@@ -131,6 +133,8 @@ def run_prepare(cfg: KvbenchConfig, conn: sqlite3.Connection, engine, out: Path)
                     "prompt_tokens": r["prompt_tokens"],
                     "prompt_tokens_full": r["prompt_tokens_full"],
                     "truncated": int(r["prompt_tokens"] < r["prompt_tokens_full"]),
+                    "suffix": r["suffix"],
+                    "suffix_tokens": r["suffix_tokens"],
                 },
             )
         for b in range(n_bins):
@@ -175,6 +179,8 @@ def run_prepare(cfg: KvbenchConfig, conn: sqlite3.Connection, engine, out: Path)
                     "dataset_length",
                     "prompt_tokens",
                     "prompt_tokens_full",
+                    "suffix",
+                    "suffix_tokens",
                 )
             }
             for i in sorted(chosen)
@@ -183,6 +189,21 @@ def run_prepare(cfg: KvbenchConfig, conn: sqlite3.Connection, engine, out: Path)
     path = manifest_path(cfg, out)
     atomic_write_text(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return {"examples": len(chosen), "bins": n_bins, "edges": edges, "manifest": str(path)}
+
+
+def split_suffix(r: dict, mode: int | str, template: str, engine) -> None:
+    """r["suffix"] (the text prefilled after compression, None for a token count) and
+    r["suffix_tokens"]; refuses a suffix that leaves nothing to compress or that the middle
+    truncation would cut."""
+    r["suffix"] = D.suffix_text(mode, template, r, r["prompt"])
+    n = mode if r["suffix"] is None else engine.suffix_tokens(r["prompt"], r["suffix"])
+    r["suffix_tokens"] = n
+    kept_tail = r["prompt_tokens"] - r["prompt_tokens"] // 2  # what the truncation keeps whole
+    if n >= r["prompt_tokens"] or (r["prompt_tokens"] < r["prompt_tokens_full"] and n > kept_tail):
+        raise LmlabError(
+            f"example {r['example_id']!r}: generation.kv_suffix ({n} tokens) leaves no context "
+            f"to compress in its prompt of {r['prompt_tokens']} tokens (or is cut by truncation)"
+        )
 
 
 def manifest_path(cfg: KvbenchConfig, out: Path) -> Path:

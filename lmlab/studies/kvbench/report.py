@@ -63,7 +63,7 @@ def write_report(
         ["bin", f"{unit}", "available", "sampled"],
         [[b["bin_id"], f"{b['lo']}-{b['hi']}", b["n_available"], b["n_sampled"]] for b in bins],
     )
-    r.section("Budgets verified", "One line per run (cell of the grid):")
+    r.section("Budgets verified", "One line per run (cell of the grid). " + suffix_line(cfg))
     r.text("\n".join(f"- `{u['policy']}` @ {u['budget']:g}: {u['verified']}" for u in runs))
     r.section(
         "Accuracy by policy, budget and bin",
@@ -133,12 +133,19 @@ def write_report(
         ],
     )
     r.section("What each policy kept")
-    r.text("\n".join(kept_lines(conn, run_ids)))
+    r.text("\n".join(kept_lines(conn, run_ids, cfg)))
     r.section(
         "Outputs against the full cache",
         "Share of examples whose output equals the full cache's: the whole text, and its first "
-        "word. The policies run after the prefill, so the first generated token always comes "
-        "from the full prompt; a budget can only change what follows it.",
+        "word. "
+        + (
+            "The suffix is prefilled after compression, so the first generated token reads the "
+            "compressed cache too."
+            if cfg.generation.kv_suffix
+            else "The policies run after the whole prompt's prefill (kv_suffix 0), so the first "
+            "generated token always comes from the full prompt; a budget can only change what "
+            "follows it."
+        ),
     )
     r.text(agreement_text(conn, run_ids))
     r.section(
@@ -188,7 +195,29 @@ def overall_text(conn: sqlite3.Connection, run_ids: list[str], n_boot: int, seed
     return "\n".join(lines)
 
 
-def kept_lines(conn: sqlite3.Connection, run_ids: list[str]) -> list[str]:
+def suffix_line(cfg: KvbenchConfig) -> str:
+    mode = cfg.generation.kv_suffix
+    if not mode:
+        return "kv_suffix 0: the whole prompt is prefilled, then compressed."
+    what = {"answer_cue": "the prompt's last line", "question": "the question part"}.get(
+        mode, f"the last {mode} prompt tokens"
+    )
+    return (
+        f"kv_suffix `{mode}`: {what} is prefilled after compression and kept whole, so the "
+        "expected retained KV is ceil(budget x (prompt - suffix)) + suffix."
+    )
+
+
+def policy_note(label: str, cfg: KvbenchConfig) -> str:
+    base, options = cfg.grid.resolve(label)
+    note = POLICY_NOTES.get(base, "as the engine defines it")
+    if label in cfg.grid.variants:
+        over = ", ".join(f"{k}={v}" for k, v in cfg.grid.variants[label].overrides().items())
+        note = f"(the `{base}` policy with {over or 'its defaults'}) {note}"
+    return note
+
+
+def kept_lines(conn: sqlite3.Connection, run_ids: list[str], cfg: KvbenchConfig) -> list[str]:
     rows = run_rows(conn, run_ids, "t.kv_retained, t.prompt_tokens", "telemetry t")
     seen: dict = {}
     for x in rows:
@@ -204,7 +233,7 @@ def kept_lines(conn: sqlite3.Connection, run_ids: list[str]) -> list[str]:
             for (p, b), v in sorted(seen.items(), key=lambda kv: -kv[0][1])
             if p == policy
         )
-        note = POLICY_NOTES.get(policy, "as the engine defines it")
+        note = policy_note(policy, cfg)
         out.append(f"- `{policy}` keeps {note}. Mean fraction of prompt positions kept: {fracs}.")
     return out or ["- the engine reported no retained KV (budgets unverified)"]
 

@@ -6,7 +6,8 @@ a row of `runs` (run_id = <policy>@<budget>-<grid hash>); each request's request
 telemetry rows are written in one transaction, so a killed run resumes where it stopped.
 
 After the grid, each run's budget is checked: verified when the engine reported the KV it kept
-and that matches ceil(budget x prompt) (a server may keep more for its own reasons: "applied" when
+and that matches ceil(budget x (prompt - suffix)) + suffix, the suffix being the prompt tokens
+prefilled after compression and kept whole (`generation.kv_suffix`; 0 by default) (a server may keep more for its own reasons: "applied" when
 it kept fewer than the prompt), unverified when nothing was reported. When every output at every
 budget < 1 equals the output at 1.0 on every example, the budgets had no effect and the run fails.
 """
@@ -64,10 +65,12 @@ def current_runs(conn: sqlite3.Connection, cfg: KvbenchConfig, ghash: str) -> li
 
 def check_policies(cfg: KvbenchConfig, engine: BenchEngine) -> None:
     offered = engine.policies()
-    for p in cfg.grid.policies:
+    for label in cfg.grid.policies:
+        p = cfg.grid.resolve(label)[0]
         if p not in offered:
+            where = f"grid.variants.{label}.policy" if p != label else "grid.policies"
             raise LmlabError(
-                f"grid.policies: {p!r} is not offered by the {engine.kind} engine "
+                f"{where}: {p!r} is not offered by the {engine.kind} engine "
                 f"(it offers {', '.join(offered)})"
             )
 
@@ -84,7 +87,8 @@ def run_grid(
     ds = db.rows(conn, "SELECT * FROM datasets")[0]
     examples = db.rows(
         conn,
-        "SELECT e.example_id, e.prompt, e.prompt_tokens FROM manifest_entries m "
+        "SELECT e.example_id, e.prompt, e.prompt_tokens, e.suffix, e.suffix_tokens "
+        "FROM manifest_entries m "
         "JOIN examples e USING (dataset_id, example_id) ORDER BY e.prompt_tokens, e.example_id",
     )
     ghash = grid_hash(cfg, engine, prepare_hash)
@@ -115,14 +119,22 @@ def run_grid(
             )
         }
         todo = [
-            Item(f"{rid}/{e['example_id']}", e["example_id"], e["prompt"], ds["max_new_tokens"])
+            Item(
+                f"{rid}/{e['example_id']}",
+                e["example_id"],
+                e["prompt"],
+                ds["max_new_tokens"],
+                kv_suffix=e["suffix_tokens"] or 0,
+                suffix=e["suffix"],
+            )
             for e in examples
             if e["example_id"] not in done
         ]
         if not todo:
             continue
         t0 = time.time()
-        for item, reply in engine.run_cell(todo, policy, budget, cfg.grid.options, cfg.generation):
+        base, options = cfg.grid.resolve(policy)  # a variant's label -> its policy and options
+        for item, reply in engine.run_cell(todo, base, budget, options, cfg.generation):
             store(conn, rid, item, reply)
             sent += 1
         echo(f"run {policy} @ {budget:g}: {len(todo)} request(s) in {time.time() - t0:.1f}s")
@@ -141,6 +153,7 @@ def store(conn: sqlite3.Connection, rid: str, item: Item, reply) -> None:
                 "example_id": item.example_id,
                 "prompt_tokens": reply.prompt_tokens,
                 "max_new_tokens": item.max_new_tokens,
+                "kv_suffix": item.kv_suffix,
                 "created_at": now,
             },
         )
@@ -180,11 +193,17 @@ def store(conn: sqlite3.Connection, rid: str, item: Item, reply) -> None:
 def _responses(conn: sqlite3.Connection, rid: str) -> list[dict]:
     return db.rows(
         conn,
-        "SELECT q.example_id, r.text, r.error_type, t.prompt_tokens, t.kv_retained "
+        "SELECT q.example_id, q.kv_suffix, r.text, r.error_type, t.prompt_tokens, t.kv_retained "
         "FROM requests q JOIN responses r USING (request_id) "
         "LEFT JOIN telemetry t USING (request_id) WHERE q.run_id=?",
         (rid,),
     )
+
+
+def expected_retained(budget: float, prompt: int, suffix: int = 0) -> int:
+    """KV positions per layer a policy keeps: the budget applies to the prompt before the suffix,
+    which is prefilled after compression and kept whole."""
+    return kept_length(budget, prompt - suffix) + suffix
 
 
 def budget_status(policy: str, budget: float, rows: list[dict]) -> str:
@@ -195,12 +214,14 @@ def budget_status(policy: str, budget: float, rows: list[dict]) -> str:
     if not reported:
         return "budget unverified (the engine reported no retained KV)"
     exact = applied = 0
+    suffixed = any(r["kv_suffix"] for r in reported)
     for r in reported:
-        kept, n = json.loads(r["kv_retained"]), r["prompt_tokens"] or 0
-        exact += all(k == kept_length(budget, n) for k in kept)
+        kept, n, s = json.loads(r["kv_retained"]), r["prompt_tokens"] or 0, r["kv_suffix"] or 0
+        exact += all(k == expected_retained(budget, n, s) for k in kept)
         applied += all(k < n for k in kept)
     if exact == len(reported):
-        return f"verified: retained KV = ceil(budget x prompt) on {exact}/{len(answered)} requests"
+        rule = "ceil(budget x (prompt - suffix)) + suffix" if suffixed else "ceil(budget x prompt)"
+        return f"verified: retained KV = {rule} on {exact}/{len(answered)} requests"
     if applied == len(reported):
         return f"applied: fewer KV positions than the prompt kept on {applied}/{len(answered)}"
     return f"NOT applied: the full prompt was kept on {len(reported) - applied}/{len(reported)}"
