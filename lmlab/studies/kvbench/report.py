@@ -106,6 +106,12 @@ def write_report(
         "Overall (all bins)",
         overall_text(conn, run_ids, cfg.analysis.bootstrap, cfg.analysis.seed),
     )
+    r.section(
+        "Policies against each other at equal budget (paired)",
+        "Mean per-example difference in accuracy points (row policy minus column policy, same "
+        "examples) with its 95% bootstrap CI; all bins together.",
+    )
+    r.text(policy_pairs_text(conn, run_ids, cfg.analysis.bootstrap, cfg.analysis.seed))
     r.section("Plots")
     for name in PLOTS:
         path = out / "plots" / name
@@ -215,6 +221,31 @@ def policy_note(label: str, cfg: KvbenchConfig) -> str:
         over = ", ".join(f"{k}={v}" for k, v in cfg.grid.variants[label].overrides().items())
         note = f"(the `{base}` policy with {over or 'its defaults'}) {note}"
     return note
+
+
+def policy_pairs_text(conn: sqlite3.Connection, run_ids: list[str], n_boot: int, seed: int) -> str:
+    """Every pair of compressed policies at every budget < 1 they share: the paired difference."""
+    from itertools import combinations
+
+    from lmlab.runs.stats import bootstrap_ci, rng_for
+
+    cells: dict = {}
+    for x in run_rows(conn, run_ids, "q.example_id, s.score", "scores s"):
+        cells.setdefault((x["policy"], x["budget"]), {})[x["example_id"]] = x["score"]
+    lines = ["| budget | policy A | policy B | n | A - B [95% CI] |", "|---|---|---|---|---|"]
+    for b in sorted({b for _, b in cells if b < 1.0}, reverse=True):
+        policies = sorted(p for p, bb in cells if bb == b and p != "full")
+        for a, c in combinations(policies, 2):
+            common = [e for e in cells[(a, b)] if e in cells[(c, b)]]
+            if not common:
+                continue
+            d = [cells[(a, b)][e] - cells[(c, b)][e] for e in common]
+            lo, hi = bootstrap_ci(d, n_boot, rng_for(seed, a, c, b, "pair"))
+            lines.append(
+                f"| {b:g} | {a} | {c} | {len(d)} | {100 * sum(d) / len(d):+.1f} "
+                f"[{100 * lo:+.1f}, {100 * hi:+.1f}] |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else "(fewer than two compressed policies)"
 
 
 def kept_lines(conn: sqlite3.Connection, run_ids: list[str], cfg: KvbenchConfig) -> list[str]:

@@ -4,6 +4,7 @@ labelled policy variants (`grid.variants`)."""
 
 import json
 import math
+import re
 
 import pytest
 
@@ -129,7 +130,10 @@ def test_policy_variants_run_under_their_label_with_their_options(tiny, monkeypa
     assert seen == {"full": {32}, "snapkv": {32, 4}}
     policies = {r[0] for r in bench.conn.execute("SELECT policy FROM bin_stats")}
     assert policies == {"full", "snapkv", "snapkv_w4"}
-    assert "(the `snapkv` policy with window=4)" in (bench.out / "report.md").read_text()
+    report = (bench.out / "report.md").read_text()
+    assert "(the `snapkv` policy with window=4)" in report
+    # the two compressed policies compared at their shared budget, paired over the 4 examples
+    assert re.search(r"\| 0\.2 \| snapkv \| snapkv_w4 \| 4 \| [+-]\d+\.\d \[", report), report
     # a variant of a policy the engine lacks is refused, naming the variant
     bad = tiny(**{"grid.policies": ["odd"], "grid.variants": {"odd": {"policy": "nope"}},
                   "output.dir": str(bench.out.parent / "bad")})  # fmt: skip
