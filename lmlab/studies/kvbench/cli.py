@@ -68,7 +68,8 @@ def demo_command(
     force: ForceOpt = False,
 ) -> None:
     """The bench on the retrieval demo's baseline checkpoint and eval split (run `lmlab demo`
-    first): policies full/snapkv/streamingllm/h2o/random x budgets 1/0.5/0.25/0.1.
+    first): policies full/snapkv/snapkv_w8/streamingllm/h2o/random x budgets 1/0.5/0.25/0.1,
+    the answer cue ("A") fed after compression.
 
     Example: lmlab kvbench demo --retrieval runs/demo
     """

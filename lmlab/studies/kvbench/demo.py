@@ -83,5 +83,5 @@ def link_reports(retrieval_report: Path, kv_report: Path) -> None:
     with open(retrieval_report, "a", encoding="utf-8") as f:
         f.write(
             f"\n{LINK_TITLE}\n\n`lmlab kvbench demo` ran the baseline_mixed model on this eval "
-            f"split under five KV policies x four budgets: [{rel}]({rel}).\n"
+            f"split under six KV policy configurations x four budgets (the answer cue fed after compression): [{rel}]({rel}).\n"
         )
