@@ -145,3 +145,26 @@ def test_a_variant_needs_its_own_label():
     with pytest.raises(ValueError, match="its own label"):
         GridConfig(policies=["snapkv"], variants={"snapkv": {"policy": "snapkv", "window": 4}})
     assert GridConfig(variants={"w": {"policy": "snapkv", "window": 4}}).resolve("w")[1].window == 4
+
+
+def test_a_database_from_before_the_suffix_gains_its_columns(tmp_path):
+    import sqlite3
+
+    from lmlab.studies.kvbench import db
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE requests (request_id TEXT PRIMARY KEY, run_id TEXT, example_id TEXT, "
+        "prompt_tokens INTEGER, max_new_tokens INTEGER, created_at REAL)"
+    )
+    old.execute("INSERT INTO requests VALUES ('r', 'u', 'e', 5, 2, 0)")
+    old.commit()
+    old.close()
+    conn = db.connect(path)
+    assert conn.execute("SELECT request_id, kv_suffix FROM requests").fetchall()[0][:] == (
+        "r",
+        None,
+    )
+    assert "suffix_tokens" in {r[1] for r in conn.execute("PRAGMA table_info(examples)")}
+    db.connect(path)  # opening it again adds nothing twice
