@@ -64,6 +64,7 @@ def _mount() -> None:
 
 def _mount_studies() -> None:
     """Each study owns a sub-app; only this file may import studies."""
+    from lmlab.studies.distill.cli import app as distill_app
     from lmlab.studies.kvbench.cli import app as kvbench_app
     from lmlab.studies.notes.cache_cli import cache_app as notes_cache_app
     from lmlab.studies.notes.cli import notes_app
@@ -76,6 +77,7 @@ def _mount_studies() -> None:
     app.add_typer(retrieval_app, name="retrieval")
     app.add_typer(prefs_app, name="prefs")
     app.add_typer(kvbench_app, name="kvbench")
+    app.add_typer(distill_app, name="distill")
     app.command("demo")(_chained_demo(retrieval_demo))
 
 
