@@ -31,7 +31,7 @@ from lmlab.studies.preference.pairs import read_pairs
 from lmlab.studies.preference.synthetic import TOPICS
 
 MODEL = {"depth": 2, "n_embd": 64, "n_head": 4, "seq_len": 48}
-POLICY_DEMO = {"sft_steps": 80, "dpo_steps": 80, "micro_batch": 32, "seed": 0}
+POLICY_DEMO = {"sft_steps": 120, "dpo_steps": 60, "micro_batch": 32, "seed": 0}
 ARMS = {"uniform": False, "density": True}
 
 
