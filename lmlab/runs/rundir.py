@@ -269,18 +269,22 @@ class RunDir:
         """Mark the run "interrupted" on Ctrl-C or SIGTERM, "failed" (with the error) if the body
         raises, "done" otherwise. A finished run that logged nothing new keeps its status."""
         extra: dict = {}
-        try:
-            with _sigterm_as_interrupt():
+        # the SIGTERM handler stays until the status is written: a second SIGTERM (a sweep's
+        # children can get one from the sweep and one from the kernel when it dies) is ignored
+        # instead of killing the process halfway through finish()
+        with _sigterm_as_interrupt():
+            try:
                 yield extra
-        except KeyboardInterrupt as e:
-            self.finish("interrupted", error=f"interrupted {e}".strip(), extra=extra, modes=modes)
-            raise
-        except BaseException as e:
-            if os.environ.get("LMLAB_DEBUG"):
-                extra["traceback"] = traceback.format_exc()
-            self.finish("failed", error=f"{type(e).__name__}: {e}", extra=extra, modes=modes)
-            raise
-        self.finish("done", extra=extra, modes=modes)
+            except KeyboardInterrupt as e:
+                error = f"interrupted {e}".strip()
+                self.finish("interrupted", error=error, extra=extra, modes=modes)
+                raise
+            except BaseException as e:
+                if os.environ.get("LMLAB_DEBUG"):
+                    extra["traceback"] = traceback.format_exc()
+                self.finish("failed", error=f"{type(e).__name__}: {e}", extra=extra, modes=modes)
+                raise
+            self.finish("done", extra=extra, modes=modes)
 
 
 def _clear(path: Path) -> None:
@@ -308,6 +312,7 @@ def _sigterm_as_interrupt():
         return
 
     def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough; the status comes next
         raise KeyboardInterrupt("(SIGTERM)")
 
     signal.signal(signal.SIGTERM, interrupt)
