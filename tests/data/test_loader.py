@@ -45,6 +45,9 @@ def test_shapes_and_next_token_shift(two):
     x, y = TokenLoader({two[0]: 1}, "train", 16, 4, seed=0).next_batch()
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
+    stream = iter(TokenLoader({two[0]: 1}, "train", 16, 4, seed=0))  # iterating = next_batch
+    first, second = next(stream), next(stream)
+    assert torch.equal(first[0], x) and not torch.equal(second[0], x)
 
 
 def test_weights_normalise_and_must_be_positive(two):
