@@ -136,10 +136,13 @@ def summarise(names: list[str]) -> str:
         equivalent = {m: why for m, why in EQUIVALENT.items() if res.get(m) == "survived"}
         judged = count["killed"] + count["survived"] + count["timeout"] - len(equivalent)
         caught = count["killed"] + count["timeout"]  # a mutant that hangs the tests is caught
-        rate = caught / judged if judged else 1.0
+        unchecked = len(res) - sum(count.values())
+        rate = f"{caught / judged if judged else 1.0:.1%}"
+        if unchecked:  # an interrupted run: say so rather than print a rate of a few mutants
+            rate = f"incomplete: {len(res) - unchecked} of {len(res)} checked"
         rows.append(
             f"| {MODULES[name][0]} | {len(res)} | {count['killed']} | {count['survived']} | "
-            f"{count['timeout']} | {count['no_tests']} | {len(equivalent)} | {rate:.1%} |"
+            f"{count['timeout']} | {count['no_tests']} | {len(equivalent)} | {rate} |"
         )
         left = sorted(m for m, s in res.items() if s == "survived" and m not in equivalent)
         if equivalent:
