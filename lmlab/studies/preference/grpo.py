@@ -176,9 +176,12 @@ class GRPORecipe(PairRecipe):
             for it in train:
                 it.weight = 1.0
         edges = quartile_edges([it.density for it in train + val]) if weights else None
-        ctx.run.log(
-            step=0, train_prompts=len(train), val_prompts=len(val), skipped=skipped + skipped_v
-        )
+        # recorded in the checkpoints, not logged: a row logged before the trainer starts would
+        # be set aside as an abandoned attempt's log on a fresh run
+        counts = {"train_prompts": len(train), "val_prompts": len(val)}
+        counts["skipped_too_long"] = skipped + skipped_v
+        if ctx.dist.is_main:
+            print("grpo prompts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         batches = GroupBatches(
             model, tok, train, scorer, args, cfg.micro_batch, cfg.seed, ctx.dist.rank,
             ctx.dist.world_size,
@@ -192,7 +195,7 @@ class GRPORecipe(PairRecipe):
             batches=batches,
             evaluate=evaluate,
             best_metric=("val_reward", "max") if val else ("reward", "max"),
-            ckpt_meta={"grpo": {"rm": args.rm, "loss_type": args.loss_type, "beta": args.beta}},
+            ckpt_meta={"grpo": {"rm": args.rm, "loss_type": args.loss_type, **counts}},
             metric_modes={"reward": "max", "val_reward": "max", "loss": "min"},
         )
 

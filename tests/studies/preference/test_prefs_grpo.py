@@ -128,6 +128,9 @@ def test_a_tiny_policy_learns_to_say_the_rewarded_word(tmp_path):
                  "completions/mean_length", "completions/clipped_ratio"):  # fmt: skip
         assert name in rows[0]
     assert rows[-1]["entropy"] < rows[0]["entropy"]
+    meta = json.loads((run.path / "checkpoints" / "latest" / "meta.json").read_text())
+    assert meta["grpo"]["train_prompts"] + meta["grpo"]["val_prompts"] == 40  # distinct prompts
+    assert not list(run.path.glob("metrics.abandoned-*"))  # a fresh run sets nothing aside
 
 
 def test_rewards_come_from_the_reward_model_in_one_engine_call(tmp_path, monkeypatch):
