@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lmlab.errors import LmlabError
+from lmlab.model.logprobs import sequence_logprobs
 from lmlab.studies.preference.recipe import PairDataArgs, PairRecipe, accuracy_by_quartile
 from lmlab.studies.preference.rm_data import PairBatches, PairItem, collate
 from lmlab.train.recipes import RecipeParts, RunContext, register_recipe
@@ -36,9 +37,9 @@ class DPOArgs(PairDataArgs):
 
 
 def response_logps(model, batch: dict) -> torch.Tensor:
-    """[2B] log-probability of each row's response tokens under `model`."""
-    nll = model(batch["ids"], batch["targets"], loss_reduction="none")  # 0 where target is -1
-    return -nll.float().sum(dim=-1)
+    """[2B] log-probability of each row's response tokens under `model` (targets of -1, the
+    prompt and the padding, count 0)."""
+    return sequence_logprobs(model(batch["ids"]), batch["targets"])
 
 
 def dpo_losses(logps: torch.Tensor, batch: dict, args: DPOArgs) -> tuple[torch.Tensor, dict]:
