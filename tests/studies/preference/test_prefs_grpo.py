@@ -230,3 +230,26 @@ def test_a_killed_grpo_run_resumes_onto_the_same_trajectory(tmp_path):
     a = [{k: r.get(k) for k in keys} for r in metrics(tmp_path / "whole") if "reward" in r]
     b = [{k: r.get(k) for k in keys} for r in metrics(tmp_path / "cut") if "reward" in r]
     assert len(a) == 30 and a == b  # the same samples, rewards and losses, step for step
+
+
+def test_cli_trains_against_a_reward_model_with_a_kl_to_the_start(tmp_path, capsys):
+    from lmlab.cli import main
+
+    d = tmp_path / "prefs"
+    write_jsonl(d / "pairs_all.jsonl", toy_pairs())
+    tok = build_word_tokenizer(WORDS)
+    cfg = ModelConfig(depth=1, n_embd=32, n_head=2, seq_len=40, vocab_size=tok.vocab_size)
+    _save_run(tmp_path / "start", _random(GPT(cfg), 0), tok)
+    _save_run(tmp_path / "rm", _random(RewardModel(cfg), 2), tok)
+    argv = ["prefs", "train-grpo", "--dir", d, "--init-from", tmp_path / "start",
+            "--rm", tmp_path / "rm", "--num-generations", 4, "--beta", 0.1,
+            "--loss-type", "grpo", "--max-new-tokens", 5, "--steps", 3,
+            "--run-dir", tmp_path / "run", "--set", "progress=false", "--set", "log_every=1",
+            "--set", "micro_batch=8", "--set", "optim.lr=1e-2"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    rows = [r for r in metrics(tmp_path / "run") if "reward" in r]
+    assert rows[0]["kl"] == pytest.approx(0, abs=1e-6)  # the first step's policy is the start
+    assert rows[-1]["kl"] > 0 and rows[-1]["reward_std"] > 0
+    assert "val_reward" in metrics(tmp_path / "run")[-1]
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "latest" / "meta.json").read_text())
+    assert meta["grpo"]["rm"] == str(tmp_path / "rm") and meta["arch"]["class"] == "gpt"
