@@ -48,8 +48,19 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "lmlab/model/engine.py",
         [
             "tests/model/test_engine.py",
+            "tests/model/test_engine_requests.py",
             "tests/model/test_engine_properties.py",
             "tests/model/test_kv.py",
+            "tests/model/test_kv_policies.py",
+        ],
+    ),
+    # the engine's step loop (batched prefill, decode, row bookkeeping) lives in batch.py
+    "batch": (
+        "lmlab/model/batch.py",
+        [
+            "tests/model/test_engine.py",
+            "tests/model/test_engine_requests.py",
+            "tests/model/test_engine_properties.py",
             "tests/model/test_kv_policies.py",
         ],
     ),
