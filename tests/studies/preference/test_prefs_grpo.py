@@ -5,10 +5,8 @@ batch), bad settings refused, and a killed run that resumes onto the same trajec
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -26,6 +24,7 @@ from tests.studies.preference.test_prefs_dpo import (  # noqa: F401  (_one_threa
     _save_run,
     toy_pairs,
 )
+from tests.train.test_resume_after_kill import kill_after
 
 
 def grpo_args(**over):
@@ -192,21 +191,6 @@ def _start(argv):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
 
 
-def _kill_at(proc, log, step, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-        if rows and rows[-1].get("step", 0) >= step:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return rows[-1]["step"]
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before the kill:\n{proc.stdout.read()}")
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail("training never reached the step")
-
-
 def test_a_killed_grpo_run_resumes_onto_the_same_trajectory(tmp_path):
     d = tmp_path / "prefs"
     write_jsonl(d / "pairs_all.jsonl", toy_pairs())
@@ -220,7 +204,7 @@ def test_a_killed_grpo_run_resumes_onto_the_same_trajectory(tmp_path):
     from lmlab.cli import main
 
     assert main([*map(str, argv), "--run-dir", str(tmp_path / "whole")]) == 0
-    killed_at = _kill_at(_start([*argv, "--run-dir", tmp_path / "cut"]), tmp_path / "cut" / "metrics.jsonl", 6)  # fmt: skip
+    killed_at = kill_after(_start([*argv, "--run-dir", tmp_path / "cut"]), tmp_path / "cut" / "metrics.jsonl", 6)  # fmt: skip
     assert killed_at < 30
     rerun = _start([*argv, "--run-dir", tmp_path / "cut"])
     out, _ = rerun.communicate(timeout=300)
