@@ -126,7 +126,8 @@ def group_advantages(rewards: torch.Tensor, group: int, scale: str) -> tuple[tor
     """rewards [P*G] (prompt-major) -> (advantages [P*G], TRL's reward statistics).
 
     The advantage is the reward minus its group's mean, divided by the group's standard
-    deviation (`group`), the whole batch's (`batch`) or nothing (`none`), plus 1e-4 as TRL."""
+    deviation (`group`), the batch's (`batch`: this rank's micro-batch, where TRL takes the whole
+    generation batch) or nothing (`none`), plus 1e-4 as TRL."""
     grouped = rewards.view(-1, group)
     adv = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
     group_std = grouped.std(dim=1)
