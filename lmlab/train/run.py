@@ -35,6 +35,23 @@ def _already_done(run: RunDir, steps: int) -> dict | None:
     return status if json.loads(meta.read_text()).get("step", 0) >= steps else None
 
 
+def _set_aside_abandoned(run: RunDir) -> None:
+    """Nothing to resume from: the log of an earlier attempt moves aside before anything of this
+    attempt is logged, so that metrics.jsonl always describes one trajectory."""
+    log = run.metrics_path
+    rows = [line for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    if not rows:
+        return
+    k = 1
+    while (aside := log.with_name(f"metrics.abandoned-{k}.jsonl")).exists():
+        k += 1
+    log.rename(aside)
+    print(
+        f"no checkpoint to resume from: starting at step 0 ({len(rows)} logged rows of an "
+        f"earlier attempt moved to {aside.name})"
+    )
+
+
 def setup_run(cfg: TrainConfig, run_dir: Path | None, resume: bool, dist) -> RunContext:
     """Resolve the recipe's data and tokenizer into the config that runs, open its run directory
     (keyed by that config) and save the tokenizer beside the checkpoints."""
@@ -51,6 +68,8 @@ def setup_run(cfg: TrainConfig, run_dir: Path | None, resume: bool, dist) -> Run
         is_main=dist.is_main,
         exclude=NOT_IN_RUN_ID,
     )
+    if dist.is_main and resume and not (run.checkpoints / "latest" / "optim.json").exists():
+        _set_aside_abandoned(run)
     dist.barrier()
     if tok is not None and dist.is_main and not (run.path / "tokenizer").exists():
         tok.save(run.path / "tokenizer")

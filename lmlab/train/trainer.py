@@ -125,7 +125,6 @@ class Trainer:
     def maybe_resume(self) -> bool:
         latest = self.run.checkpoints / "latest"
         if not (latest / "optim.json").exists():
-            self._set_aside_abandoned()
             return False
         state = load_training_state(latest, self.model, self.optimizers)
         self.step = int(state["step"])
@@ -141,22 +140,6 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.run.truncate_metrics(self.step)
         return True
-
-    def _set_aside_abandoned(self) -> None:
-        """No checkpoint to resume from: the log of an earlier attempt moves aside, so that
-        metrics.jsonl always describes one trajectory."""
-        log = self.run.metrics_path
-        if not self.dist.is_main or not log.exists() or not log.read_text().strip():
-            return
-        n = sum(1 for line in log.read_text().splitlines() if line.strip())
-        k = 1
-        while (aside := log.with_name(f"metrics.abandoned-{k}.jsonl")).exists():
-            k += 1
-        log.rename(aside)
-        print(
-            f"no checkpoint to resume from: starting at step 0 ({n} logged rows of an earlier "
-            f"attempt moved to {aside.name})"
-        )
 
     def _improved(self, metrics: dict) -> bool:
         value = metrics.get(self.best_name)
