@@ -421,6 +421,20 @@ def test_generation_options_reach_the_policy(name, option, values):
     assert len(set(seen.values())) == len(values), seen  # each value keeps another set
 
 
+def test_the_request_seed_reaches_the_random_policy():
+    from lmlab.model.kv import row_seed
+
+    model, prompt = tiny_model(seed=2), prompts(60, seed=9)[0]
+    engine, seen = Engine(model), set()
+    for seed in (1, 2, 3):
+        cfg = GenerationConfig(max_new_tokens=10, kv_policy="random", kv_budget=0.25, seed=seed)
+        (gen,) = engine.generate([prompt], cfg)  # prompt 0 samples with row_seed(seed, 0)
+        policy = make_policy("random", 0.25, seed=row_seed(seed, 0))
+        assert gen.tokens == reference_greedy(model, prompt, policy, 10), seed
+        seen.add(tuple(gen.tokens))
+    assert len(seen) == 3  # each seed keeps other positions
+
+
 def test_budget_below_one_is_compared_with_full():
     model, batch = tiny_model(seed=1), prompts(50, 23, seed=4)
     engine = Engine(model)
