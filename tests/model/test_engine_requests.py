@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lmlab.errors import LmlabError
 from lmlab.model import Engine, GenerationConfig
 from lmlab.model.engine import Request
 from lmlab.model.kv import KVCache
@@ -251,3 +252,52 @@ def test_kv_suffix_feeds_the_question_through_the_compressed_cache(engine):
     assert outputs(engine.run(reqs)) == outputs([engine.run([r])[0] for r in reqs])
     (bad,) = engine.run([Request(prompt, GenerationConfig(kv_suffix=30))])
     assert "kv_suffix must be in [0, 30)" in bad.error
+
+
+def test_limits_are_inclusive_where_openai_and_the_context_say_so(engine):
+    """The exact edges: prompt + new tokens == context runs, one more does not; top_p 1 and
+    logprobs 20 are allowed, 1.0001 and 21 are not; the last vocabulary id is a valid token."""
+    edge = [Request([1] * 86, GenerationConfig(max_new_tokens=10))]
+    assert engine.run(edge)[0].ok and len(engine.run(edge)[0].samples[0].tokens) == 10
+    over = engine.run([Request([1] * 87, GenerationConfig(max_new_tokens=10))])[0]
+    assert "by 1" in over.error
+    ok = GenerationConfig(max_new_tokens=2, top_p=1.0, logprobs=20, stop_tokens=[V - 1])
+    assert engine.run([Request([V - 1, 3], ok)])[0].ok
+    for bad, words in (
+        (GenerationConfig(top_p=1.0001), "top_p"),
+        (GenerationConfig(logprobs=21), "logprobs must be between 0 and 20"),
+        (GenerationConfig(stop_tokens=[V]), "outside the vocabulary"),
+        (GenerationConfig(num_samples=0), "num_samples"),
+    ):
+        assert words in engine.run([Request([1, 2], bad)])[0].error
+
+
+def test_events_name_their_sample_and_tag_and_run_keeps_order(engine):
+    cfg = GenerationConfig(max_new_tokens=3, temperature=1.0, num_samples=3, seed=5)
+    reqs = [Request(prompts(6)[0], cfg, tag="a"), Request(prompts(9)[0], cfg, tag="b")]
+    events = list(engine.stream(reqs, max_rows=2))
+    for i, tag in enumerate("ab"):
+        mine = [e for e in events if e.index == i]
+        assert {e.tag for e in mine} == {tag} and {e.sample for e in mine} == {0, 1, 2}
+        done = sorted((e.sample, e.done.sample_index) for e in mine if e.done is not None)
+        assert done == [(0, 0), (1, 1), (2, 2)]
+    results = engine.run(reqs, max_rows=2)
+    assert [r.request.tag for r in results] == ["a", "b"]
+    assert [[g.tokens for g in r.samples] for r in results] == [
+        [g.tokens for g in r.samples] for r in engine.run(reqs)
+    ]
+    with pytest.raises(LmlabError, match=r"^request 1: prompt is empty$"):
+        engine.stream([reqs[0], Request([], cfg)])
+    with pytest.raises(LmlabError, match=r"^prompt is empty$"):
+        engine.stream([Request([], cfg)])
+
+
+def test_a_stop_string_found_across_tokens_is_cut_where_it_starts(engine):
+    prompt = prompts(7, seed=11)[0]
+    (free,) = engine.generate([prompt], GenerationConfig(max_new_tokens=20))
+    for start in (0, 5, 12):  # stop strings spanning several one-letter tokens, at any offset
+        stop = free.text[start : start + 4]
+        (res,) = engine.run(
+            [Request(prompt, GenerationConfig(max_new_tokens=20, stop_strings=[stop]))]
+        )
+        assert res.samples[0].text == free.text[: free.text.index(stop)]
