@@ -16,6 +16,7 @@ that never empties stays as small as the rows it holds.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -72,6 +73,12 @@ class Row:
     def cfg(self):
         return self.handle.request.cfg
 
+    @functools.cached_property
+    def sampling(self) -> tuple:
+        """The settings that decide a draw: rows that share them are drawn together."""
+        c = self.cfg
+        return (c.temperature, c.top_k, c.top_p, tuple(dict.fromkeys(c.banned_tokens)))
+
 
 class RunningBatch:
     def __init__(self, engine: Engine, max_rows: int | None = None, text_deltas: bool = False):
@@ -107,7 +114,8 @@ class RunningBatch:
     def step(self) -> list[Event]:
         events: list[Event] = []
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # Module.train() walks every submodule: not on each step of an eval model
+            self.model.eval()
         try:
             with torch.inference_mode():
                 for row in self.rows:
@@ -120,7 +128,8 @@ class RunningBatch:
                     self._drop_finished()
                 self._admit(events)
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return events
 
     # ---- decoding ---------------------------------------------------------------------------
@@ -128,18 +137,23 @@ class RunningBatch:
         """Choose each row's next token with its own settings (rows sharing settings are drawn
         together) and record it; returns the chosen ids. Log-probabilities are of the raw model
         distribution."""
-        chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
-            c = row.cfg
-            key = (c.temperature, c.top_k, c.top_p, tuple(dict.fromkeys(c.banned_tokens)))
-            groups.setdefault(key, []).append(i)
-        for (temp, top_k, top_p, banned), idx in groups.items():
-            at = torch.tensor(idx, device=logits.device)
-            gens = [rows[i].gen for i in idx]
-            chosen[at] = sample_next(
-                logits[at], gens, temperature=temp, top_k=top_k, top_p=top_p, banned=banned
+            groups.setdefault(row.sampling, []).append(i)
+        if len(groups) == 1:  # the common case: one draw for the whole batch, no gather/scatter
+            ((temp, top_k, top_p, banned),) = groups
+            gens = [r.gen for r in rows]
+            chosen = sample_next(
+                logits, gens, temperature=temp, top_k=top_k, top_p=top_p, banned=banned
             )
+        else:
+            chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+            for (temp, top_k, top_p, banned), idx in groups.items():
+                at = torch.tensor(idx, device=logits.device)
+                gens = [rows[i].gen for i in idx]
+                chosen[at] = sample_next(
+                    logits[at], gens, temperature=temp, top_k=top_k, top_p=top_p, banned=banned
+                )
         want = [r.cfg.logprobs is not None for r in rows]
         logp = logits.float().log_softmax(dim=-1) if any(want) else None
         for i, (row, tok) in enumerate(zip(rows, chosen.tolist(), strict=True)):

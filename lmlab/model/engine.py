@@ -16,6 +16,7 @@ request's KV policy sees row 0. Greedy outputs of a mixed batch equal each reque
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -189,8 +190,9 @@ class Engine:
         """Run every request to the end; one Result per request, in order."""
         batch = self.batch(max_rows=max_rows)
         handles = [batch.add(_as_request(r), index=i) for i, r in enumerate(requests)]
-        while batch.has_work:
-            batch.step()
+        with _eval_mode(self.model):
+            while batch.has_work:
+                batch.step()
         return [h.result for h in handles]
 
     def generate(
@@ -226,10 +228,22 @@ class Engine:
             batch.add(r, index=i)
 
         def events() -> Iterator[Event]:
-            while batch.has_work:
-                yield from batch.step()
+            with _eval_mode(self.model):
+                while batch.has_work:
+                    yield from batch.step()
 
         return events()
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval mode for a whole generation loop (set once, not per step), restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _as_request(r: Request | Sequence[int]) -> Request:
