@@ -12,7 +12,8 @@ every request costs the same) at temperature 0.8. Rounds alternate which server 
 Reported: requests/s, generated tokens/s, p50/p95 time to first token, and the ratio
 batched / one-at-a-time per round (median over rounds). Writes bench/results-serve.json.
 
-The HF peer (`transformers serve` on exported weights) waits for the interop issue.
+The HF peer (`transformers serve --continuous-batching` on the exported weights) is
+`bench/serve_peer.py`.
 """
 
 from __future__ import annotations
