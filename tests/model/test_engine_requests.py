@@ -301,3 +301,25 @@ def test_a_stop_string_found_across_tokens_is_cut_where_it_starts(engine):
             [Request(prompt, GenerationConfig(max_new_tokens=20, stop_strings=[stop]))]
         )
         assert res.samples[0].text == free.text[: free.text.index(stop)]
+
+
+def test_request_errors_say_exactly_what_is_wrong(engine):
+    def error(**cfg):
+        return engine.run([Request([1, 2], GenerationConfig(**cfg))])[0].error
+
+    assert error(prompt_logprobs=21) == "prompt_logprobs must be between 0 and 20, got 21"
+    assert error(stop_tokens=[V]) == f"stop token ids [{V}] are outside the vocabulary of {V}"
+    assert error(banned_tokens=[-1]) == f"banned token ids [-1] are outside the vocabulary of {V}"
+    assert error(banned_tokens=list(range(V))) == "every token of the vocabulary is banned"
+    assert error(stop_strings=[""]) == "stop strings must be non-empty strings"
+    assert error(stop_strings=[5]) == "stop strings must be non-empty strings"
+    plain = Engine(engine.model)  # no tokenizer
+    (res,) = plain.run([Request([1, 2], GenerationConfig(stop_strings=["x"]))])
+    assert res.error == "stop strings need an engine with a tokenizer"
+    with pytest.raises(LmlabError, match=r"^no prompts to generate from$"):
+        engine.generate([])
+    with pytest.raises(LmlabError, match=r"^prompt is empty$"):
+        engine.generate([[]])
+    # a bare list of ids is a request with the default settings
+    (bare,) = engine.run([[1, 2, 3]])
+    assert bare.samples[0].tokens == engine.run([Request([1, 2, 3])])[0].samples[0].tokens
