@@ -85,34 +85,34 @@ def start_server(run: Path, max_batch: int, threads: int | None) -> tuple[subpro
     raise SystemExit("server did not answer /health")
 
 
-async def one_request(http: httpx.AsyncClient, url: str, prompt: list[int], seed: int):
-    body = {"prompt": prompt, "max_tokens": NEW_TOKENS, "temperature": 0.8, "seed": seed,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+async def one_request(http: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int]:
+    """(time to the first text chunk, generated tokens: the server's usage, else its chunks)."""
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
+    ttft, chunks, usage = None, 0, None
     async with http.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {await r.aread()!r}")
         async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith("data: ") or line.strip() == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if ttft is None and chunk["choices"] and chunk["choices"][0]["text"]:
-                ttft = time.perf_counter() - t0
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return ttft if ttft is not None else time.perf_counter() - t0, tokens
+                usage = chunk["usage"].get("completion_tokens")
+    return (ttft if ttft is not None else time.perf_counter() - t0), (usage or chunks)
 
 
-async def load(url: str, clients: int, per_client: int, vocab: int, seed: int) -> dict:
-    rng = random.Random(seed)
-    prompts = [[rng.randrange(8, vocab) for _ in range(PROMPT_TOKENS)]
-               for _ in range(clients * per_client)]  # fmt: skip
+async def run_clients(url: str, bodies: list[dict], clients: int) -> dict:
+    """`clients` concurrent clients, each sending its share of `bodies` one after another."""
+    per_client = len(bodies) // clients
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
 
         async def client(c: int):
-            return [await one_request(http, url, prompts[c * per_client + k], seed + k)
+            return [await one_request(http, url, bodies[c * per_client + k])
                     for k in range(per_client)]  # fmt: skip
 
         t0 = time.perf_counter()
@@ -125,9 +125,23 @@ async def load(url: str, clients: int, per_client: int, vocab: int, seed: int) -
         "wall_s": wall,
         "requests_per_s": len(results) / wall,
         "tokens_per_s": sum(n for _, n in results) / wall,
+        "mean_new_tokens": statistics.fmean(n for _, n in results),
         "ttft_p50_s": statistics.median(ttfts),
         "ttft_p95_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
     }
+
+
+def completion_body(prompt, seed: int, **extra) -> dict:
+    return {"prompt": prompt, "max_tokens": NEW_TOKENS, "temperature": 0.8, "seed": seed,
+            "stream": True, "stream_options": {"include_usage": True}, **extra}  # fmt: skip
+
+
+async def load(url: str, clients: int, per_client: int, vocab: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    bodies = [completion_body([rng.randrange(8, vocab) for _ in range(PROMPT_TOKENS)], seed + k % per_client,
+                              ignore_eos=True)
+              for k in range(clients * per_client)]  # fmt: skip
+    return await run_clients(url, bodies, clients)
 
 
 def main(argv: list[str] | None = None) -> dict:

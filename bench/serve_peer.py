@@ -20,7 +20,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,8 +32,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import serve  # noqa: E402
-
-NEW_TOKENS = serve.NEW_TOKENS
 
 
 def free_port() -> int:
@@ -62,55 +59,9 @@ def start_transformers(hf_dir: Path, threads: int | None) -> tuple[subprocess.Po
     raise SystemExit("transformers serve did not answer /health")
 
 
-async def one_request(http, url: str, body: dict) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    ttft, chunks, usage = None, 0, None
-    async with http.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {await r.aread()!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line.strip() == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0].get("text"):
-                chunks += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-            if chunk.get("usage"):
-                usage = chunk["usage"].get("completion_tokens")
-    return (ttft if ttft is not None else time.perf_counter() - t0), (usage or chunks)
-
-
-async def load(url: str, model: str, texts: list[str], clients: int, lmlab: bool) -> dict:
-    per_client = len(texts) // clients
-    async with httpx.AsyncClient(
-        timeout=600, limits=httpx.Limits(max_connections=clients + 4)
-    ) as http:
-
-        async def client(c: int):
-            out = []
-            for k in range(per_client):
-                body = {"model": model, "prompt": texts[c * per_client + k], "max_tokens": NEW_TOKENS,
-                        "temperature": 0.8, "seed": k, "stream": True,
-                        "stream_options": {"include_usage": True}}  # fmt: skip
-                if lmlab:
-                    body["ignore_eos"] = True
-                out.append(await one_request(http, url, body))
-            return out
-
-        t0 = time.perf_counter()
-        done = await asyncio.gather(*(client(c) for c in range(clients)))
-        wall = time.perf_counter() - t0
-    results = [x for per in done for x in per]
-    ttfts = sorted(t for t, _ in results)
-    return {
-        "requests": len(results),
-        "wall_s": wall,
-        "requests_per_s": len(results) / wall,
-        "tokens_per_s": sum(n for _, n in results) / wall,
-        "mean_new_tokens": statistics.fmean(n for _, n in results),
-        "ttft_p50_s": statistics.median(ttfts),
-    }
+def bodies(model: str, texts: list[str], lmlab: bool) -> list[dict]:
+    extra = {"ignore_eos": True} if lmlab else {}  # transformers serve has no such field
+    return [serve.completion_body(t, k % 2, model=model, **extra) for k, t in enumerate(texts)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -137,12 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
         samples: dict[str, list[dict]] = {n: [] for n in servers}
         try:
             for name, (_, url, model) in servers.items():  # warm-up
-                asyncio.run(load(url, model, texts[:2], 2, name == "lmlab"))
+                asyncio.run(serve.run_clients(url, bodies(model, texts[:2], name == "lmlab"), 2))
             for r in range(args.rounds):
                 order = list(servers) if r % 2 == 0 else list(servers)[::-1]
                 for name in order:
                     _, url, model = servers[name]
-                    res = asyncio.run(load(url, model, texts, args.clients, name == "lmlab"))
+                    load = bodies(model, texts, name == "lmlab")
+                    res = asyncio.run(serve.run_clients(url, load, args.clients))
                     samples[name].append(res)
                     print(f"round {r} {name:>12}: {res['tokens_per_s']:7.1f} tok/s "
                           f"{res['requests_per_s']:5.2f} req/s, {res['mean_new_tokens']:.1f} new "
