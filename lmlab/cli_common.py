@@ -27,6 +27,10 @@ PrintConfigOpt = Annotated[
 ListProfilesOpt = Annotated[
     bool, typer.Option("--list-profiles", help="List the shipped profiles and exit.")
 ]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume/--no-resume", help="Continue from the run's latest checkpoint.")
+]
 RunDirOpt = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Exact run directory (default: <runs>/<name>-<hash8>)."),

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lmlab.cli_common import DeviceOpt
 from lmlab.errors import LmlabError
 
 CkptOpt = Annotated[Path, typer.Option("--ckpt", help="Run directory or checkpoint directory.")]
@@ -22,7 +23,6 @@ PolicyOpt = Annotated[
     str, typer.Option("--kv-policy", help="full | snapkv | streamingllm | h2o | random.")
 ]
 BudgetOpt = Annotated[float, typer.Option("--kv-budget", help="Fraction of prompt KV kept.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")]
 
 
 def _load(ckpt: Path, device: str):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lmlab.cli_common import DeviceOpt
 from lmlab.errors import LmlabError
 
 
@@ -62,7 +63,7 @@ def serve_command(
     model_name: Annotated[
         str | None, typer.Option("--model-name", help="Model id clients send (default: run name).")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "cpu",
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Serve a checkpoint over the OpenAI API, with continuous batching and per-request KV budgets.
 

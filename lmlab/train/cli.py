@@ -10,9 +10,11 @@ import typer
 from lmlab import config as C
 from lmlab.cli_common import (
     ConfigOpt,
+    DeviceOpt,
     ListProfilesOpt,
     PrintConfigOpt,
     ProfileOpt,
+    ResumeOpt,
     RunDirOpt,
     SetOpt,
     resolve_or_exit,
@@ -31,11 +33,8 @@ def train_command(
         list[Path] | None,
         typer.Option("--data", help="Shard directory (repeatable; equal weights)."),
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps.")] = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume/--no-resume", help="Continue from the run's latest checkpoint."),
-    ] = True,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = True,
     run_dir: RunDirOpt = None,
     print_config: PrintConfigOpt = False,
     list_profiles: ListProfilesOpt = False,

@@ -11,8 +11,10 @@ import typer
 from lmlab import config as C
 from lmlab.cli_common import (
     ConfigOpt,
+    DeviceOpt,
     PrintConfigOpt,
     ProfileOpt,
+    ResumeOpt,
     RunDirOpt,
     SetOpt,
     resolve_or_exit,
@@ -91,11 +93,8 @@ def train_cmd(
     seeds: Annotated[
         str | None, typer.Option("--seeds", help="Comma-separated seeds: one run each (SEEDS).")
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps.")] = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume/--no-resume", help="Continue from the run's latest checkpoint."),
-    ] = True,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = True,
     no_env: NoEnvOpt = False,
     run_dir: RunDirOpt = None,
     print_config: PrintConfigOpt = False,

@@ -11,9 +11,11 @@ import typer
 from lmlab import config as C
 from lmlab.cli_common import (
     ConfigOpt,
+    DeviceOpt,
     ListProfilesOpt,
     PrintConfigOpt,
     ProfileOpt,
+    ResumeOpt,
     SetOpt,
     resolve_or_exit,
 )
@@ -121,11 +123,8 @@ def train_command(
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | mps.")] = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume/--no-resume", help="Continue a run's latest checkpoint."),
-    ] = True,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = True,
     init_from: Annotated[
         str | None,
         typer.Option("--init-from", help="SFT: start from this run/checkpoint."),
@@ -181,7 +180,7 @@ def chat_command(
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="0 = off.")] = 50,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="1 = off.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 42,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "cpu",
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Chat with a notes model: `lmlab chat` with the notes persona as the default system prompt
     (--system, else --system-file, else the persona). Replies stop at <|eot|>; role tokens are
