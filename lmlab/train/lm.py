@@ -12,7 +12,6 @@ from lmlab.data.shards import split_view
 from lmlab.errors import LmlabError
 from lmlab.model.checkpoint import load_model, read_meta
 from lmlab.model.gpt import GPT
-from lmlab.runs.rundir import RunDir
 from lmlab.text.tokenizer import Tokenizer, load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.dist import Dist
@@ -161,10 +160,3 @@ def prepare(cfg: TrainConfig):
     """(cfg, sources, tokenizer, init_meta): the LM recipe's resolution (kept for callers)."""
     cfg, tok, prepared = LMRecipe().prepare(cfg, None)
     return cfg, prepared["sources"], tok, prepared["init_meta"]
-
-
-def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = True) -> RunDir:
-    """Train through the one entry (`lmlab.train.run.train`); kept for callers of the LM recipe."""
-    from lmlab.train.run import train as run_train
-
-    return run_train(cfg, run_dir=run_dir, resume=resume)

@@ -12,7 +12,7 @@ from lmlab.errors import LmlabError
 from lmlab.model.checkpoint import load_model, read_meta
 from lmlab.runs.rundir import read_metrics, read_status
 from lmlab.train.config import TrainConfig
-from lmlab.train.lm import train
+from lmlab.train.run import train
 from tests.fixtures.ports import free_port
 from tests.train.conftest import tiny_sets
 

@@ -4,7 +4,7 @@ resume, a finished run resumed, micro-steps under DDP, bits per byte, init_from 
 tokenizer, and the SFT batches the objective really receives.
 
 Most tests drive `Trainer` directly on a tiny GPT and synthetic batches (seconds); the rest go
-through `lmlab.train.lm.train` on the toy corpus."""
+through `lmlab.train.run.train` on the toy corpus."""
 
 import json
 import math
@@ -26,7 +26,8 @@ from lmlab.runs.rundir import RunDir, read_metrics, read_status
 from lmlab.text.tokenizer import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.dist import Dist
-from lmlab.train.lm import lm_objective, make_evaluator, token_bytes, train
+from lmlab.train.lm import lm_objective, make_evaluator, token_bytes
+from lmlab.train.run import train
 from lmlab.train.trainer import Trainer
 from tests.fixtures.ports import free_port
 from tests.train.conftest import tiny_sets

@@ -1,4 +1,4 @@
-"""Run the notes workflow's phases through the one core training loop (`lmlab.train.lm.train`).
+"""Run the notes workflow's phases through the one core training loop (`lmlab.train.run.train`).
 
 pretrain: the pretrain mix of caches; validation on `val_pretrain_source` (or the mix).
 sft:      the SFT mix, starting from `init_from` (default: the best checkpoint of this config's
@@ -153,7 +153,7 @@ def pretrain_checkpoint(cfg: NotesConfig) -> str:
 def run_phase(
     cfg: NotesConfig, phase: str, resume: bool = True, init_from: str | None = None
 ) -> PhaseResult:
-    from lmlab.train.lm import train
+    from lmlab.train.run import train
 
     p = plan(cfg, phase, init_from)
     started = time.perf_counter()
@@ -162,7 +162,7 @@ def run_phase(
         for note in _truncation_notes(p):
             print(note, file=sys.stderr)
         if not resume and p.run_dir.exists():
-            shutil.rmtree(p.run_dir)  # here, not in lm.train, so the settings below survive
+            shutil.rmtree(p.run_dir)  # here, not in train(), so the settings below survive
         settings = {
             "phase": phase,
             "run_dir": str(p.run_dir),

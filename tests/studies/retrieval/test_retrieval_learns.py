@@ -12,7 +12,7 @@ from lmlab.studies.retrieval.evaluate import EvalConfig, evaluate
 from lmlab.studies.retrieval.generate import generate
 from lmlab.studies.retrieval.spec import load_spec
 from lmlab.train.config import TrainConfig
-from lmlab.train.lm import train
+from lmlab.train.run import train
 
 SPEC = [
     "name=tiny",
