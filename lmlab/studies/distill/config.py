@@ -16,6 +16,60 @@ from pydantic import Field, model_validator
 from lmlab.config import Strict
 from lmlab.errors import LmlabError
 
+STUDENTS = ("projection", "gpt")
+GPT_DEFAULTS = {"depth": 2}  # under recipe_args.gpt.model; seq_len defaults to max_len
+
+
+class GptStudentArgs(Strict):
+    """recipe_args.gpt: the GPT encoder student (student=gpt) that reads each item's text."""
+
+    model: dict[str, Any] = Field(
+        default_factory=dict,
+        description="ModelConfig fields over depth 2 and seq_len = max_len (vocab: the tokenizer's).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="An lmlab tokenizer dir (None: init_from's, else BPE trained on the items).",
+    )
+    vocab_size: int = Field(2048, ge=262, description="BPE vocabulary when trained on the items.")
+    max_len: int = Field(
+        64, ge=2, description="Tokens per item (BOS included); longer ones are cut."
+    )
+    init_from: str | None = Field(
+        None, description="An lmlab GPT checkpoint or run dir to start the encoder from."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> GptStudentArgs:
+        if self.init_from and self.model:
+            raise LmlabError(
+                "recipe_args.gpt.model and recipe_args.gpt.init_from are both set "
+                "(the checkpoint fixes the architecture; drop one)"
+            )
+        from pydantic import ValidationError
+
+        from lmlab.model.config import ModelConfig
+
+        try:
+            cfg = ModelConfig.model_validate(self.encoder_config(vocab_size=self.vocab_size))
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(["recipe_args.gpt.model", *map(str, err["loc"])]).rstrip(".")
+            raise LmlabError(f"{where}: {err['msg']}") from None
+        check_max_len(self.max_len, cfg.seq_len, "recipe_args.gpt.model.seq_len")
+        return self
+
+    def encoder_config(self, vocab_size: int) -> dict[str, Any]:
+        """The encoder's ModelConfig fields (without init_from): defaults < model < vocab."""
+        return {**GPT_DEFAULTS, "seq_len": self.max_len, **self.model, "vocab_size": vocab_size}
+
+
+def check_max_len(max_len: int, seq_len: int, where: str) -> None:
+    if max_len > seq_len:
+        raise LmlabError(
+            f"recipe_args.gpt.max_len={max_len} exceeds {where}={seq_len} (the encoder's context)"
+        )
+
 
 class DistillArgs(Strict):
     """recipe_args of the `distill` recipe (TRACK_B_* in the seed)."""
@@ -42,16 +96,32 @@ class DistillArgs(Strict):
     teacher_hash: str | None = Field(
         None, description="Filled in when the run is prepared: content hash of the teacher."
     )
+    teacher_texts: str | None = Field(
+        None,
+        description="With teacher_npy: the items' texts, one per row of the matrix (.jsonl with "
+        "jsonl_field, else one per line); the gpt student reads them.",
+    )
     # -- the student
-    student: Literal["projection"] = "projection"
+    student: Literal["projection", "gpt"] = Field(
+        "projection",
+        description="projection: a head over the teacher's vectors; gpt: a GPT encoder over the "
+        "items' texts (mean-pooled), set by recipe_args.gpt.",
+    )
     dim: int = Field(128, ge=1, description="TRACK_B_DIM: student output dimension.")
     hidden: int = Field(512, ge=1, description="Hidden width of the projection head.")
-    skip: bool = Field(False, description="Add a learnable linear skip D -> dim.")
+    skip: bool = Field(False, description="Add a learnable linear skip D -> dim (projection).")
+    gpt: GptStudentArgs = Field(default_factory=GptStudentArgs)
     # -- the loss
     k: int = Field(50, ge=1, description="TRACK_B_K: teacher neighbours per anchor (positives).")
     neg_m: int = Field(1024, ge=0, description="TRACK_B_NEG_M: queue negatives per step.")
     queue_size: int = Field(32768, ge=0, description="TRACK_B_QUEUE_SIZE: FIFO queue length.")
     tau: float = Field(0.07, gt=0, description="TRACK_B_TAU: softmax temperature.")
+    refresh_negatives: bool | None = Field(
+        None,
+        description="Re-embed the drawn queue negatives with the current student (no gradient) "
+        "each step instead of using their stored, stale embeddings. None: on for student=gpt, "
+        "which otherwise collapses; off for projection (the seed's MoCo-style queue).",
+    )
     false_neg_mode: Literal["none", "threshold", "top_percent"] = Field(
         "threshold", description="TRACK_B_FALSE_NEG_MODE: which queue negatives to mask."
     )
@@ -85,6 +155,11 @@ class DistillArgs(Strict):
                 f"recipe_args.false_neg_mode: unknown false-negative filter {mode!r} "
                 "(use none, threshold or top_percent)"
             )
+        student = data.get("student") if isinstance(data, dict) else None
+        if student is not None and student not in STUDENTS:
+            raise LmlabError(
+                f"recipe_args.student: unknown student {student!r} (use {' or '.join(STUDENTS)})"
+            )
         return data
 
     @model_validator(mode="after")
@@ -96,6 +171,15 @@ class DistillArgs(Strict):
             raise ValueError(f"name one teacher source, got {', '.join(given)}")
         if self.neg_m > self.queue_size:
             raise ValueError(f"neg_m ({self.neg_m}) exceeds queue_size ({self.queue_size})")
+        if self.teacher_texts and not self.teacher_npy:
+            raise ValueError(
+                "teacher_texts goes with teacher_npy (other sources carry their texts)"
+            )
+        if self.student == "gpt" and self.teacher_npy and not self.teacher_texts:
+            raise LmlabError(
+                "recipe_args.student=gpt reads the items' texts, which a teacher_npy lacks: set "
+                "recipe_args.teacher_texts, or use texts, hf_dataset or builtin"
+            )
         return self
 
     def source_given(self) -> bool:

@@ -1,5 +1,7 @@
 """The listwise loss: KL(teacher ‖ student) over each anchor's K teacher neighbours plus M
-negatives from a FIFO queue of the student's own past embeddings (MoCo-style).
+negatives from a FIFO queue of the student's own past embeddings (MoCo-style). With
+`refresh_negatives` (the default for the GPT student) the drawn negatives are re-embedded by the
+current student instead: stale ones let a GPT collapse (see distill_loss).
 
 Every excluded candidate is masked with -inf in both distributions; nothing is dropped from the
 tensor, so a batch keeps its shape [B, K + M] whatever the filter does.
@@ -109,10 +111,17 @@ def candidate_mask(
     return torch.cat([torch.zeros_like(positives, dtype=torch.bool), neg_mask], dim=1)
 
 
-def distill_loss(model, batch: dict, teacher: torch.Tensor, knn_idx, knn_sim, args):
+def refresh_negatives(args) -> bool:
+    """recipe_args.refresh_negatives, where None means: for the GPT student only."""
+    flag = getattr(args, "refresh_negatives", None)
+    return getattr(args, "student", "projection") == "gpt" if flag is None else flag
+
+
+def distill_loss(model, batch: dict, teacher: torch.Tensor, knn_idx, knn_sim, args, inputs=None):
     """(loss, metrics) for a batch of anchor ids: the KL above; then the anchors join the queue.
 
-    `model` is the student (maybe wrapped in DDP); its `.queue` is read and updated here.
+    `model` is the student (maybe wrapped in DDP); its `.queue` is read and updated here. It
+    reads the rows of `inputs` (the items' token rows for the GPT student), else of `teacher`.
     """
     from lmlab.model.registry import unwrap
 
@@ -120,9 +129,15 @@ def distill_loss(model, batch: dict, teacher: torch.Tensor, knn_idx, knn_sim, ar
     anchors, slots = batch["anchors"], batch["neg_slots"]
     positives = knn_idx[anchors]  # [B, K]
     b, k = positives.shape
-    z = model(torch.cat([teacher[anchors], teacher[positives.reshape(-1)]]))
+    rows = teacher if inputs is None else inputs
+    z = model(rows[torch.cat([anchors, positives.reshape(-1)])])
     z_a, z_p = z[:b], z[b:].reshape(b, k, -1)
     neg_ids, neg_emb = queue.take(slots)
+    if refresh_negatives(args) and neg_ids.numel():
+        # the queue's embeddings are stale; a student that can move every item at once (a GPT)
+        # learns to drift away from them, all embeddings together, instead of apart: re-embed
+        with torch.no_grad():
+            neg_emb = unwrap(model)(rows[neg_ids])
     teacher_pos = knn_sim[anchors]
     teacher_neg = teacher[anchors] @ teacher[neg_ids].T
     student_pos = (z_a[:, None, :] * z_p).sum(-1)

@@ -19,8 +19,9 @@ from lmlab.studies.distill.config import DistillArgs
 from lmlab.studies.distill.knn import cached_topk, check_k
 from lmlab.studies.distill.loss import distill_loss
 from lmlab.studies.distill.metrics import NeighbourEval
-from lmlab.studies.distill.student import ProjectionStudent
+from lmlab.studies.distill.student import GPTStudent, ProjectionStudent
 from lmlab.studies.distill.teacher import Teacher, load_teacher
+from lmlab.studies.distill.text_inputs import TextInputs, text_inputs
 from lmlab.train.recipes import Recipe, RecipeParts, RunContext
 
 
@@ -31,6 +32,20 @@ class Prepared:
     knn_sim: np.ndarray  # [N, K]
     train_ids: np.ndarray  # anchors
     query_ids: np.ndarray  # held-out eval queries (never anchors)
+    text: TextInputs | None = None  # the GPT student's tokenizer and token rows
+
+
+def build_student(args: DistillArgs, p: Prepared):
+    """The student the args name; the GPT one starts from gpt.init_from when given."""
+    if p.text is None:
+        d_in = p.teacher.emb.shape[1]
+        return ProjectionStudent(d_in, args.dim, args.hidden, args.skip, args.queue_size)
+    model = GPTStudent(p.text.model.model_dump(mode="json"), args.dim, args.queue_size)
+    if args.gpt.init_from:
+        from lmlab.model.checkpoint import load_model
+
+        model.load_encoder(load_model(args.gpt.init_from)[0])
+    return model
 
 
 def split_items(
@@ -111,16 +126,19 @@ class DistillRecipe(Recipe):
         cfg = cfg.model_copy(
             update={"recipe_args": {**cfg.recipe_args, "teacher_hash": teacher.hash}}
         )
-        return cfg, None, Prepared(teacher, knn_idx, knn_sim, train_ids, query_ids)
+        text = None
+        if args.student == "gpt":  # tokenized once; a batch gathers rows by item id
+            text = text_inputs(args.gpt, teacher.texts, teacher.source)
+        tok = text.tokenizer if text else None  # saved in the run dir, named in checkpoints
+        return cfg, tok, Prepared(teacher, knn_idx, knn_sim, train_ids, query_ids, text)
 
     def build(self, ctx: RunContext) -> RecipeParts:
         args: DistillArgs = ctx.args
         p: Prepared = ctx.prepared
         dev = ctx.device
         teacher = torch.from_numpy(p.teacher.emb).to(dev)
-        model = ProjectionStudent(
-            teacher.shape[1], args.dim, args.hidden, args.skip, args.queue_size
-        )
+        inputs = teacher if p.text is None else p.text.rows.to(dev)  # what the student reads
+        model = build_student(args, p)
         batches = AnchorBatches(
             p.train_ids,
             ctx.cfg.micro_batch,
@@ -135,11 +153,12 @@ class DistillRecipe(Recipe):
             knn_idx=torch.from_numpy(p.knn_idx).to(dev),
             knn_sim=torch.from_numpy(p.knn_sim).to(dev),
             args=args,
+            inputs=inputs,
         )
         judge = NeighbourEval(teacher, torch.from_numpy(p.query_ids).to(dev), args.eval_k)
 
         def evaluate(m) -> dict[str, float]:
-            return judge.score(unwrap(m).embed(teacher))
+            return judge.score(unwrap(m).embed(inputs))
 
         best = f"vs_teacher_recall{args.eval_k}"
         meta = {
@@ -148,6 +167,7 @@ class DistillRecipe(Recipe):
             "n_items": int(teacher.shape[0]),
             "n_train": len(p.train_ids),
             "n_queries": len(p.query_ids),
+            "student": args.student,
         }
         return RecipeParts(
             model, objective, batches, evaluate, (best, "max"), meta, {"masked_frac": "min"}

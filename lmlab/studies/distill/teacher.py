@@ -211,7 +211,27 @@ def check_matrix(emb: np.ndarray, where: str) -> np.ndarray:
     return emb / norms
 
 
-def load_npy(path: str | Path) -> Teacher:
+def row_texts(path: str | Path, field: str, n: int) -> list[str]:
+    """The texts of a matrix's n rows: a .jsonl (one row each, `field`) or one per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"recipe_args.teacher_texts: no such file: {path}")
+    if path.suffix == ".jsonl":
+        texts = _jsonl_texts(path, field)
+    else:
+        texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if len(texts) != n:
+        raise LmlabError(
+            f"recipe_args.teacher_texts: {path} has {len(texts)} texts but the teacher "
+            f"matrix has {n} rows (one text per row)"
+        )
+    return texts
+
+
+def load_npy(
+    path: str | Path, texts_path: str | Path | None = None, field: str = "text"
+) -> Teacher:
+    """A teacher matrix, with its rows' texts when `texts_path` names them (in the hash too)."""
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"recipe_args.teacher_npy: no such file: {path}")
@@ -219,8 +239,14 @@ def load_npy(path: str | Path) -> Teacher:
         emb = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise LmlabError(f"{path}: not a readable .npy array ({e})") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Teacher(check_matrix(emb, str(path)), None, digest, str(path))
+    emb = check_matrix(emb, str(path))
+    h = hashlib.sha256(path.read_bytes())
+    texts = None
+    if texts_path is not None:
+        texts = row_texts(texts_path, field, emb.shape[0])
+        for t in texts:
+            h.update(t.encode("utf-8") + b"\0")
+    return Teacher(emb, texts, h.hexdigest()[:16], str(path))
 
 
 def default_model_dir() -> Path:
@@ -296,5 +322,5 @@ def load_teacher(args: DistillArgs) -> Teacher:
             "or recipe_args.builtin=shipped"
         )
     if args.teacher_npy:
-        return load_npy(args.teacher_npy)
+        return load_npy(args.teacher_npy, args.teacher_texts, args.jsonl_field)
     return text_teacher(args)
