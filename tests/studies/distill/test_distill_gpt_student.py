@@ -119,6 +119,24 @@ def test_padding_content_and_width_do_not_change_the_embedding():
     assert not torch.allclose(model.encode(other, mask)[0], base[0], atol=1e-3)
 
 
+def test_batch_with_repeats_and_mixed_lengths_equals_each_row_alone():
+    model = tiny_student(seed=2)
+    model.chunk_rows = 2  # several length-sorted chunks
+    rows = torch.tensor(
+        [
+            [1, 5, 6, 7, 8, PAD],
+            [1, 9, PAD, PAD, PAD, PAD],
+            [1, 5, 6, 7, 8, PAD],  # a repeat of row 0
+            [1, 2, 2, 3, 4, 4],  # id order and length order differ
+            [1, 7, 4, PAD, PAD, PAD],
+        ]
+    )
+    batched = model(rows)
+    for i, row in enumerate(rows):
+        real = row[row != PAD][None]
+        assert torch.allclose(batched[i], model.encode(real, real >= 0)[0], atol=1e-6), i
+
+
 def test_output_is_unit_norm_with_the_asked_dim():
     model = tiny_student(dim=6)
     rows = torch.tensor([[1, 5, 6, PAD], [1, 2, PAD, PAD], [1, 9, 9, 9]])
