@@ -241,3 +241,99 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
+
+
+def llama_like(cfg: ModelConfig) -> ModelConfig:
+    """`cfg`'s sizes with lmlab_llama_config's Llama settings (SwiGLU with Llama's hidden rule,
+    8/3 x width rounded up to a multiple of 256; RMSNorm gains; no QK-norm, embedding norm or
+    softcap), so a peer of any depth can be compared with `hf_llama`."""
+    hidden = 256 * -(-8 * cfg.n_embd // (3 * 256))
+    return ModelConfig(
+        **{
+            **cfg.model_dump(),
+            "mlp": "swiglu",
+            "mlp_hidden": hidden,
+            "norm_weight": True,
+            "norm_eps": NORM_EPS,
+            "qk_norm": False,
+            "embed_norm": False,
+            "logit_softcap": None,
+        }
+    )
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """How far memory rose above what the process held when the block started: CUDA's
+    max_memory_allocated minus memory_allocated on a CUDA device; on CPU the peak resident set
+    (VmHWM, reset by writing 5 to /proc/self/clear_refs) minus the resident set at the start.
+    Without that reset (not Linux, or not allowed) the peak is the process's all-time peak, and
+    `exact` is False: the growth is then an upper bound. Sets `bytes`, `base_bytes`, `method`."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def __enter__(self) -> PeakMemory:
+        import gc
+
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base_bytes, self.method, self.exact = torch.cuda.memory_allocated(), "cuda", True
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method, self.exact = "rss (VmHWM reset by clear_refs)", True
+        except OSError:
+            self.method, self.exact = "rss (all-time VmHWM: an upper bound)", False
+        self.base_bytes = 1024 * (_proc_status_kib("VmRSS") or 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = 1024 * (_proc_status_kib("VmHWM") or 0)
+        self.bytes = max(0, peak - self.base_bytes)
+
+
+def train_step(model, opt, x: torch.Tensor, y: torch.Tensor, hf: bool, amp=None) -> None:
+    """One optimizer step as the training benchmarks time it: the loss (an HF model through
+    `labels=`, which it shifts itself), backward, step, zero_grad; the forward under autocast
+    to `amp` (a dtype) when given."""
+    import contextlib
+
+    cast = torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext()
+    with cast:
+        loss = model(input_ids=x, labels=x, use_cache=False).loss if hf else model(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+@torch.inference_mode()
+def hf_greedy(hf, ids: torch.Tensor, new: int, **kwargs) -> torch.Tensor:
+    """HF `generate`, greedy with its KV cache, exactly `new` tokens (eos off): the new ids."""
+    out = hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        use_cache=True,
+        **kwargs,
+    )
+    return out[:, ids.shape[1] :]

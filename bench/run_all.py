@@ -7,7 +7,8 @@
 
 Each benchmark stops adding rounds after its time budget (at least 3 rounds), so the whole run
 stays under ~8 minutes on the 2-core development machine even when other processes load it
-(--compile adds ~5 minutes of compilation).
+(--compile adds ~5 minutes of compilation). Peak memory (memory.py) runs each peer in a fresh
+process; gpu.py runs too when a CUDA device is present (its sections are under "gpu").
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import decode  # noqa: E402
+import gpu  # noqa: E402
 import kv_prefill  # noqa: E402
+import memory  # noqa: E402
 import short_conv  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("decode", decode),
         ("kv_prefill", kv_prefill),
         ("short_conv", short_conv),
+        ("memory", memory),
     ):
         print()
         start = time.perf_counter()
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
         results[name]["wall_s"] = time.perf_counter() - start
         results[name]["loadavg_after"] = common.loadavg()
+    if torch.cuda.is_available():
+        print()
+        results["gpu"] = gpu.main(budget_s=gpu.BUDGET_S)
     info["loadavg_after"] = common.loadavg()
     info["total_s"] = time.perf_counter() - t0
     results["goals"] = goals(results)
