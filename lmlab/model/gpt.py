@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
 from lmlab.model.kv import KVCache
+from lmlab.model.loss import linear_cross_entropy
 
 _SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
@@ -53,15 +54,49 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-    """SDPA over [B, H, T, D] queries and [B, Hkv, L, D] keys; causal when mask is None."""
+    """SDPA over [B, H, T, D] queries and [B, Hkv, L, D] keys. Without a mask: causal when T > 1
+    (T = L, a first chunk), and every key for a single query (a decode step)."""
+    causal = mask is None and q.shape[2] > 1
     if q.shape[1] != k.shape[1]:
         if _SDPA_HAS_GQA:
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True
             )
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
+def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], owner: nn.Module) -> torch.Tensor:
+    """x through several linears of the same input as ONE matmul over their stacked weights (the
+    fused QKV and gate/up projections), outputs concatenated in order. The parameters stay
+    separate (checkpoints, the HF mapping and Muon's per-matrix updates see the same tensors);
+    what is fused is the computation. Training stacks the weights each call (a copy of a few MB,
+    against one bigger matmul forward and backward instead of several); without gradients the
+    stacked copy is kept on `owner` until any weight changes (version counters), so a decode
+    step reads each weight once."""
+    if torch.is_grad_enabled():
+        weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
+        bias = torch.cat(biases) if biases[0] is not None else None
+        return F.linear(x, torch.cat(weights), bias)
+    if not torch.compiler.is_compiling():  # a compiled decode step refreshes before it runs
+        refresh_fused(owner, linears)
+    _, weight, bias = owner.__dict__["_fused_cache"]
+    return F.linear(x, weight, bias)
+
+
+def refresh_fused(owner: nn.Module, linears: tuple[nn.Linear, ...]) -> None:
+    """(Re)build owner's stacked inference weights if any of `linears` changed since."""
+    tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
+    try:
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+    except RuntimeError:  # inference tensors keep no version counter: rebuild every time
+        key = None
+    cached = owner.__dict__.get("_fused_cache")
+    if cached is None or key is None or cached[0] != key:
+        biases = [lin.bias for lin in linears]
+        bias = torch.cat(biases) if biases[0] is not None else None
+        owner.__dict__["_fused_cache"] = (key, torch.cat([lin.weight for lin in linears]), bias)
 
 
 class ShortConv(nn.Module):
@@ -105,18 +140,24 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.norm_weight, cfg.norm_eps) if cfg.qk_norm else None
         self.short_conv = ShortConv(d, cfg.short_conv) if cfg.short_conv else None
 
+    def projections(self) -> tuple[nn.Linear, ...]:
+        return (self.c_q, self.c_k, self.c_v)
+
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         if self.short_conv is not None:
             K = self.short_conv.weight.shape[0]
             window = None if kv_cache is None else kv_cache.conv_window(self.layer_idx, x, K)
             x = self.short_conv(x, window)
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        H, Hkv = self.n_head, self.n_kv_head
+        qkv = fused_linear(x, self.projections(), self)
+        qk, v = qkv.view(B, T, H + 2 * Hkv, self.head_dim).split((H + Hkv, Hkv), dim=2)
+        # queries and keys are normed and rotated together, as one tensor of H + Hkv heads
+        if self.q_norm is not None and self.q_norm.weight is None:  # the same weightless norm
+            qk = self.q_norm(qk)
+        elif self.q_norm is not None:
+            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
+        q, k = apply_rotary(qk, cos, sin).split((H, Hkv), dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is None:
             y = attention(q, k, v, None)
@@ -136,9 +177,13 @@ class MLP(nn.Module):
         )
         self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
 
+    def projections(self) -> tuple[nn.Linear, ...]:
+        return (self.c_gate, self.c_fc)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.c_gate is not None:
-            return self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x))
+            gate, up = fused_linear(x, self.projections(), self).chunk(2, dim=-1)
+            return self.c_proj(F.silu(gate) * up)
         return self.c_proj(F.relu(self.c_fc(x)).square())
 
 
@@ -240,8 +285,7 @@ class GPT(nn.Module):
         """Hidden states [..., n_embd] -> float32 logits [..., V], soft-capped."""
         if not self.has_lm_head:
             raise LmlabError("this GPT is a backbone without a language-model head")
-        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, weight).float()
+        logits = F.linear(h, self.output_weight()).float()
         if self.cfg.softcap is not None:
             cap = self.cfg.softcap
             logits = cap * torch.tanh(logits / cap)
@@ -260,16 +304,17 @@ class GPT(nn.Module):
         x = self.hidden(ids, kv_cache)
         if last_only:
             x = x[:, -1:]
-        logits = self.logits(x)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=-1,
-            reduction=loss_reduction,
+            return self.logits(x)
+        if not self.has_lm_head:
+            raise LmlabError("this GPT is a backbone without a language-model head")
+        # the output layer, the cap and the loss in one chunked pass (model/loss.py)
+        return linear_cross_entropy(
+            x, self.output_weight(), targets, self.cfg.softcap, reduction=loss_reduction
         )
-        return loss.view(targets.shape) if loss_reduction == "none" else loss
+
+    def output_weight(self) -> torch.Tensor:
+        return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     # ---- the trainer's model protocol ---------------------------------------------------------
     def arch(self) -> dict:

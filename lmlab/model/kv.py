@@ -73,6 +73,10 @@ class KVCache:
         self.valid: torch.Tensor | None = None
         self.queries: torch.Tensor | None = None  # [n_layer, B, n_head, W, head_dim]
         self.conv_state: dict[int, torch.Tensor] = {}  # layer -> [B, K-1, d]
+        # per-step state shared by the layers (see _begin_step); _dense: no invalid slot so far
+        self._step_start: int | None = None
+        self._step_mask: object = None
+        self._dense: bool | None = None
 
     # ---- what the model asks before and after a forward -----------------------------------------
     def max_position(self, T: int) -> int:
@@ -102,21 +106,50 @@ class KVCache:
             raise LmlabError(f"KV cache full: {end} slots needed, capacity {self.capacity}")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        pad = torch.tensor(self.left_pad, device=k.device)
-        self.valid[layer, :, start:end] = torch.arange(T, device=k.device)[None, :] >= pad[:, None]
+        if self._step_start != start:  # the first layer of a step: what every layer shares
+            self._begin_step(start, T, k.device)
         if self.prefill_len is None and self.record_queries:
             self._record(layer, q)
+        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if self._step_mask is None:  # causal first chunk, or one query that sees every slot
+            return keys, values, None
+        if self._step_mask is True:  # one query per row: the row's valid slots
+            return keys, values, self.valid[layer, :, None, None, :end]
+        causal, itself = self._step_mask
+        return keys, values, ((self.valid[layer, :, None, :end] & causal) | itself)[:, None]
 
-        if start == 0 and not any(self.left_pad):
+    def _begin_step(self, start: int, T: int, device) -> None:
+        """Once per forward, not per layer: mark the new slots valid in every layer (not the left
+        padding) and build the part of the attention mask that all layers share."""
+        end = start + T
+        self._step_start = start
+        padded = any(self.left_pad)
+        if padded:
+            pad = torch.tensor(self.left_pad, device=device)
+            self.valid[:, :, start:end] = torch.arange(T, device=device)[None, :] >= pad[:, None]
+            self._dense = None
+        else:
+            self.valid[:, :, start:end] = True
+        if start == 0 and not padded:
             # an unpadded first chunk is exactly causal: SDPA's causal kernel skips the upper
             # triangle and no mask is built (1.5x faster prefill at T=2048 on CPU)
-            return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
-        key_pos = torch.arange(end, device=k.device)
-        query_pos = torch.arange(start, end, device=k.device)
-        causal = key_pos[None, :] <= query_pos[:, None]  # [T, end]
-        itself = key_pos[None, :] == query_pos[:, None]
-        mask = (self.valid[layer, :, None, :end] & causal) | itself
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask[:, None]
+            self._dense, self._step_mask = True, None
+        elif (
+            T == 1 and not padded
+        ):  # a decode step: its query is the newest slot, causal over all the others
+            if self._dense is None:
+                self._dense = bool(self.valid[:, :, :start].all())
+            self._step_mask = None if self._dense else True
+        else:
+            key_pos = torch.arange(end, device=device)
+            query_pos = torch.arange(start, end, device=device)
+            causal = key_pos[None, :] <= query_pos[:, None]  # [T, end]
+            itself = key_pos[None, :] == query_pos[:, None]
+            self._step_mask = (causal, itself)
+
+    def _slots_changed(self) -> None:
+        """Slots moved or rows left: the next step rebuilds its shared state."""
+        self._step_start, self._dense = None, None
 
     def conv_window(self, layer: int, x: torch.Tensor, kernel: int) -> torch.Tensor:
         """A chunk's convolution input x [B, T, d] -> [B, kernel-1+T, d]: the row's previous
@@ -199,6 +232,7 @@ class KVCache:
             valid[:, b, : keep[b]] = True
         self.k, self.v, self.valid = k_new, v_new, valid
         self.capacity, self.pos = length, max(keep)
+        self._slots_changed()
         self.queries, self.compressed = None, True
         return self.retained_lengths()
 
@@ -216,6 +250,7 @@ class KVCache:
             idx = torch.tensor(rows, device=self.k.device)
             self.k, self.v = self.k[:, idx], self.v[:, idx]
             self.valid = self.valid[:, idx]
+            self._slots_changed()
             if self.queries is not None:
                 self.queries = self.queries[:, idx]
         for layer, state in self.conv_state.items():
@@ -238,7 +273,26 @@ class KVCache:
         self.k, self.v = self.k[:, :, :, first:], self.v[:, :, :, first:]
         self.valid = self.valid[:, :, first:]
         self.pos -= first
+        self._slots_changed()
         self.capacity -= first
+
+    def decode_view(self) -> DecodeView:
+        """This cache as the layers of one single-token step see it, for a compiled decode step:
+        tensors only, the whole capacity attended under the valid-slot mask, so every step has
+        the same shapes and no Python number that changes from step to step (which would make
+        torch.compile recompile). Marks the new slot valid; call advance(1) after the step."""
+        if self.k is None or any(self.left_pad):
+            raise LmlabError("a decode view needs a cache past an unpadded prefill")
+        if self.pos >= self.capacity:
+            raise LmlabError(
+                f"KV cache full: {self.pos + 1} slots needed, capacity {self.capacity}"
+            )
+        device = self.k.device
+        self.valid[:, :, self.pos] = True
+        self._step_start = None
+        positions = torch.tensor(self.seen, device=device)[:, None]
+        slot = torch.tensor(self.pos, device=device)
+        return DecodeView(self.k, self.v, self.valid, slot, positions)
 
     @classmethod
     def concat(cls, caches: Sequence[KVCache], room: int) -> KVCache:
@@ -272,3 +326,28 @@ class KVCache:
         out.seen = [s for c in caches for s in c.seen]
         out.pos, out.prefill_len, out.compressed = pos, pos, True
         return out
+
+
+class DecodeView:
+    """What the layers of a compiled single-token step read and write (see KVCache.decode_view):
+    the same update/positions/advance calls as a KVCache, on fixed-shape tensors."""
+
+    def __init__(self, k, v, valid, slot, positions):
+        self.k, self.v, self.valid, self.slot, self.pos_ids = k, v, valid, slot, positions
+
+    def max_position(self, T: int) -> int:
+        return 0  # checked on the KVCache before the step
+
+    def positions(self, T: int, device=None) -> torch.Tensor:
+        return self.pos_ids
+
+    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        self.k[layer, :, :, self.slot] = k[:, :, 0]
+        self.v[layer, :, :, self.slot] = v[:, :, 0]
+        return self.k[layer], self.v[layer], self.valid[layer, :, None, None, :]
+
+    def conv_window(self, layer: int, x: torch.Tensor, kernel: int) -> torch.Tensor:
+        raise LmlabError("a compiled decode step does not support short convolutions")
+
+    def advance(self, T: int) -> None:
+        pass  # the KVCache advances after the step
