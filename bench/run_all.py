@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
         help="also time the training peers under torch.compile (adds ~5 minutes)",
     )
     parser.add_argument(
+        "--bf16", action="store_true", help="also time lmlab's training under bf16 autocast"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results.json"
     )
     args = parser.parse_args(argv)
@@ -107,7 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         print()
         start = time.perf_counter()
-        kwargs = {"compile": True} if args.compile and module is train_throughput else {}
+        kwargs = {}
+        if args.compile and module is train_throughput:
+            kwargs["compile"] = True
+        if args.bf16 and module is train_throughput:
+            kwargs["bf16"] = True
         results[name] = module.main(
             budget_s=module.BUDGET_S * scale, repeats=module.REPEATS, **kwargs
         )

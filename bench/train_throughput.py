@@ -28,12 +28,14 @@ def _stepper(name: str, model: torch.nn.Module, data: torch.Tensor):
     model.train()
     x, y = data[:, :-1], data[:, 1:]
     hf = name.startswith("hf")
+    bf16 = name.endswith("+bf16")
 
     def step() -> None:
-        if hf:
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
-        else:
-            loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if hf:
+                loss = model(input_ids=x, labels=x, use_cache=False).loss
+            else:
+                loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -53,9 +55,11 @@ def main(
     seq_len: int = common.SEQ_LEN,
     budget_s: float = BUDGET_S,
     compile: bool = False,
+    bf16: bool = False,
 ) -> dict:
     """compile=True adds the three peers again under torch.compile (lmlab's `compile: true`; HF
-    compiled the same way): ~90 s of compilation each on this machine, so it is opt-in."""
+    compiled the same way): ~1-3 minutes of compilation each on this machine, so it is opt-in.
+    bf16=True adds the two lmlab peers under bf16 autocast (reported apart: the goal is fp32)."""
     torch.manual_seed(0)
     llama_cfg = common.lmlab_llama_config(seq_len)
     default_cfg = common.lmlab_default_config(seq_len)
@@ -68,9 +72,18 @@ def main(
         models["lmlab-default+compile"] = (torch.compile(GPT(default_cfg)), default_cfg)
         models["lmlab-llama+compile"] = (torch.compile(GPT(llama_cfg)), llama_cfg)
         models["hf-llama+compile"] = (torch.compile(common.hf_llama(llama_cfg)), llama_cfg)
+    if bf16:
+        models["lmlab-default+bf16"] = (GPT(default_cfg), default_cfg)
+        models["lmlab-llama+bf16"] = (GPT(llama_cfg), llama_cfg)
     data = torch.randint(0, common.VOCAB, (batch, seq_len + 1))
     peak_before = common.matmul_peak()
     runs = {name: _stepper(name, m, data) for name, (m, _) in models.items()}
+    compile_s = {}
+    for name, run in runs.items():  # the first step of a compiled peer is its compilation
+        if name.endswith("+compile"):
+            t0 = common.clock()
+            run()
+            compile_s[name] = common.clock() - t0
     samples = common.interleaved(runs, repeats, warmup=1, budget_s=budget_s)
     peak = max(peak_before, common.matmul_peak())
 
@@ -104,6 +117,7 @@ def main(
             "vs_hf": common.paired_ratio(samples[name], samples["hf-llama"]),
         }
         if name.endswith("+compile"):
+            results["peers"][name]["compile_s"] = compile_s[name]
             results["peers"][name]["vs_hf_compiled"] = common.paired_ratio(
                 samples[name], samples["hf-llama+compile"]
             )

@@ -123,7 +123,7 @@ class RunningBatch:
                         self._finish(row, "cancelled", events)
                 self._drop_finished()
                 if self.rows:
-                    logits = self.engine.decode_logits(self.last, self.cache)
+                    logits = self.model(self.last[:, None], kv_cache=self.cache)[:, -1]
                     self.last = self._sample(logits, self.rows, events)
                     self._drop_finished()
                 self._admit(events)

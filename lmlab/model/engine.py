@@ -23,8 +23,7 @@ from typing import Any, Literal
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.model.gpt import refresh_fused
-from lmlab.model.kv import KVCache, KVPolicy, make_policy, row_seed
+from lmlab.model.kv import KVPolicy, make_policy, row_seed
 from lmlab.model.registry import unwrap
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
@@ -168,36 +167,13 @@ def check_request(request: Request, model_cfg: Any, has_tokenizer: bool) -> str 
 
 
 class Engine:
-    """compile=True runs every single-token decode step through torch.compile (see
-    `decode_logits`): one compilation per batch shape, worth it for long generations and servers;
-    models with short convolutions keep the eager step."""
-
-    def __init__(
-        self, model: torch.nn.Module, tokenizer: Any = None, device=None, compile: bool = False
-    ):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any = None, device=None):
         self.model = unwrap(model)  # under DDP or torch.compile, generate with the plain module
         self.tokenizer = tokenizer
         self.model_cfg = self.model.cfg
         self.device = (
             torch.device(device) if device is not None else next(model.parameters()).device
         )
-        self._compiled_step = None
-        if compile and not getattr(self.model_cfg, "short_conv", 0):
-            self._compiled_step = torch.compile(_decode_step)
-            self._fused = [
-                (m, m.projections()) for m in self.model.modules() if hasattr(m, "projections")
-            ]
-
-    def decode_logits(self, last: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One decode step: the next-token logits [B, V] after the tokens `last` [B], written
-        into `cache`. Eager, or compiled over the cache's fixed-shape `decode_view`."""
-        if self._compiled_step is None or cache.max_position(1) >= self.model_cfg.seq_len:
-            return self.model(last[:, None], kv_cache=cache)[:, -1]  # (eager raises the errors)
-        for owner, linears in self._fused:
-            refresh_fused(owner, linears)
-        logits = self._compiled_step(self.model, last[:, None], cache.decode_view())
-        cache.advance(1)
-        return logits
 
     def check(self, request: Request) -> str | None:
         return check_request(request, self.model_cfg, self.tokenizer is not None)
@@ -257,10 +233,6 @@ class Engine:
                     yield from batch.step()
 
         return events()
-
-
-def _decode_step(model: torch.nn.Module, ids: torch.Tensor, view) -> torch.Tensor:
-    return model(ids, kv_cache=view, last_only=True)[:, -1]
 
 
 @contextmanager

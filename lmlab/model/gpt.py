@@ -71,16 +71,15 @@ def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], owner: nn.Modu
     """x through several linears of the same input as ONE matmul over their stacked weights (the
     fused QKV and gate/up projections), outputs concatenated in order. The parameters stay
     separate (checkpoints, the HF mapping and Muon's per-matrix updates see the same tensors);
-    what is fused is the computation. Training stacks the weights each call (a copy of a few MB,
-    against one bigger matmul forward and backward instead of several); without gradients the
-    stacked copy is kept on `owner` until any weight changes (version counters), so a decode
-    step reads each weight once."""
-    if torch.is_grad_enabled():
+    what is fused is the computation. Training (and any compiled graph) stacks the weights each
+    call (a copy of a few MB, against one bigger matmul forward and backward instead of several);
+    eager inference keeps the stacked copy on `owner` until any weight changes (version
+    counters), so a decode step reads each weight once."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
         bias = torch.cat(biases) if biases[0] is not None else None
         return F.linear(x, torch.cat(weights), bias)
-    if not torch.compiler.is_compiling():  # a compiled decode step refreshes before it runs
-        refresh_fused(owner, linears)
+    refresh_fused(owner, linears)
     _, weight, bias = owner.__dict__["_fused_cache"]
     return F.linear(x, weight, bias)
 

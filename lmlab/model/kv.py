@@ -276,24 +276,6 @@ class KVCache:
         self._slots_changed()
         self.capacity -= first
 
-    def decode_view(self) -> DecodeView:
-        """This cache as the layers of one single-token step see it, for a compiled decode step:
-        tensors only, the whole capacity attended under the valid-slot mask, so every step has
-        the same shapes and no Python number that changes from step to step (which would make
-        torch.compile recompile). Marks the new slot valid; call advance(1) after the step."""
-        if self.k is None or any(self.left_pad):
-            raise LmlabError("a decode view needs a cache past an unpadded prefill")
-        if self.pos >= self.capacity:
-            raise LmlabError(
-                f"KV cache full: {self.pos + 1} slots needed, capacity {self.capacity}"
-            )
-        device = self.k.device
-        self.valid[:, :, self.pos] = True
-        self._step_start = None
-        positions = torch.tensor(self.seen, device=device)[:, None]
-        slot = torch.tensor(self.pos, device=device)
-        return DecodeView(self.k, self.v, self.valid, slot, positions)
-
     @classmethod
     def concat(cls, caches: Sequence[KVCache], room: int) -> KVCache:
         """One cache holding every row of `caches` (each past its prefill), with `room` free slots
@@ -326,28 +308,3 @@ class KVCache:
         out.seen = [s for c in caches for s in c.seen]
         out.pos, out.prefill_len, out.compressed = pos, pos, True
         return out
-
-
-class DecodeView:
-    """What the layers of a compiled single-token step read and write (see KVCache.decode_view):
-    the same update/positions/advance calls as a KVCache, on fixed-shape tensors."""
-
-    def __init__(self, k, v, valid, slot, positions):
-        self.k, self.v, self.valid, self.slot, self.pos_ids = k, v, valid, slot, positions
-
-    def max_position(self, T: int) -> int:
-        return 0  # checked on the KVCache before the step
-
-    def positions(self, T: int, device=None) -> torch.Tensor:
-        return self.pos_ids
-
-    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        self.k[layer, :, :, self.slot] = k[:, :, 0]
-        self.v[layer, :, :, self.slot] = v[:, :, 0]
-        return self.k[layer], self.v[layer], self.valid[layer, :, None, None, :]
-
-    def conv_window(self, layer: int, x: torch.Tensor, kernel: int) -> torch.Tensor:
-        raise LmlabError("a compiled decode step does not support short convolutions")
-
-    def advance(self, T: int) -> None:
-        pass  # the KVCache advances after the step
