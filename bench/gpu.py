@@ -217,9 +217,10 @@ def _ddp_worker(rank: int, world: int, backend: str, plan: Plan, port: int, out:
         for p in model.parameters():  # nanochat zero-inits projections: give them gradients' work
             torch.nn.init.normal_(p, std=0.02)
         ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        data = torch.randint(0, cfg.vocab_size, (world * plan.batch, plan.seq + 1),
+        b = max(1, plan.batch // 2)  # per rank: two ranks may share one GPU, with a reference
+        data = torch.randint(0, cfg.vocab_size, (world * b, plan.seq + 1),
                              generator=torch.Generator().manual_seed(1)).to(device)  # fmt: skip
-        mine = data[rank * plan.batch : (rank + 1) * plan.batch]
+        mine = data[rank * b : (rank + 1) * b]
         ddp(mine[:, :-1], mine[:, 1:]).backward()  # fp32: the gradient check is exact-ish
         grad = torch.cat([p.grad.flatten() for p in model.parameters()])
         if backend == "gloo":  # gloo gathers CPU tensors only
