@@ -67,35 +67,18 @@ def attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
-def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], owner: nn.Module) -> torch.Tensor:
-    """x through several linears of the same input as ONE matmul over their stacked weights (the
-    fused QKV and gate/up projections), outputs concatenated in order. The parameters stay
-    separate (checkpoints, the HF mapping and Muon's per-matrix updates see the same tensors);
-    what is fused is the computation. Training (and any compiled graph) stacks the weights each
-    call (a copy of a few MB, against one bigger matmul forward and backward instead of several);
-    eager inference keeps the stacked copy on `owner` until any weight changes (version
-    counters), so a decode step reads each weight once."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...]) -> torch.Tensor:
+    """x through several linears of the same input, outputs concatenated in order (the QKV and
+    gate/up projections). The parameters stay separate (checkpoints, the HF mapping and Muon's
+    per-matrix updates see the same tensors); with gradients the computation is fused: ONE matmul
+    over the stacked weights, forward and backward (the stacking copies a few MB a step). Without
+    gradients each linear runs alone: a stacked copy kept for decoding measured no faster on CPU
+    (bench/README.md) and would hold a second copy of 69% of the block weights."""
+    if torch.is_grad_enabled():
         weights, biases = [lin.weight for lin in linears], [lin.bias for lin in linears]
         bias = torch.cat(biases) if biases[0] is not None else None
         return F.linear(x, torch.cat(weights), bias)
-    refresh_fused(owner, linears)
-    _, weight, bias = owner.__dict__["_fused_cache"]
-    return F.linear(x, weight, bias)
-
-
-def refresh_fused(owner: nn.Module, linears: tuple[nn.Linear, ...]) -> None:
-    """(Re)build owner's stacked inference weights if any of `linears` changed since."""
-    tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
-    try:
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
-    except RuntimeError:  # inference tensors keep no version counter: rebuild every time
-        key = None
-    cached = owner.__dict__.get("_fused_cache")
-    if cached is None or key is None or cached[0] != key:
-        biases = [lin.bias for lin in linears]
-        bias = torch.cat(biases) if biases[0] is not None else None
-        owner.__dict__["_fused_cache"] = (key, torch.cat([lin.weight for lin in linears]), bias)
+    return torch.cat([lin(x) for lin in linears], dim=-1)
 
 
 class ShortConv(nn.Module):
@@ -149,7 +132,7 @@ class CausalSelfAttention(nn.Module):
             window = None if kv_cache is None else kv_cache.conv_window(self.layer_idx, x, K)
             x = self.short_conv(x, window)
         H, Hkv = self.n_head, self.n_kv_head
-        qkv = fused_linear(x, self.projections(), self)
+        qkv = fused_linear(x, self.projections())
         qk, v = qkv.view(B, T, H + 2 * Hkv, self.head_dim).split((H + Hkv, Hkv), dim=2)
         # queries and keys are normed and rotated together, as one tensor of H + Hkv heads
         if self.q_norm is not None and self.q_norm.weight is None:  # the same weightless norm
@@ -181,7 +164,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.c_gate is not None:
-            gate, up = fused_linear(x, self.projections(), self).chunk(2, dim=-1)
+            gate, up = fused_linear(x, self.projections()).chunk(2, dim=-1)
             return self.c_proj(F.silu(gate) * up)
         return self.c_proj(F.relu(self.c_fc(x)).square())
 
