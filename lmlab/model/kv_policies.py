@@ -189,15 +189,16 @@ def attention_scores(
     n_layer, n_head, w, d = queries.shape
     n_kv, n = keys.shape[1], keys.shape[2]
     group = n_head // n_kv
-    k = keys.float().repeat_interleave(group, dim=1)  # [L, H, n, D]
     key_pos = torch.arange(n, device=keys.device)
     total = torch.zeros(n_layer, n_head, n, device=keys.device)
-    for start in range(0, w, _SCORE_BLOCK):
-        q = queries[:, :, start : start + _SCORE_BLOCK].float()
-        q_pos = n - w + start + torch.arange(q.shape[2], device=keys.device)
-        logits = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # [L, H, c, n]
-        logits = logits.masked_fill(key_pos[None, :] > q_pos[:, None], float("-inf"))
-        total += logits.softmax(dim=-1).sum(dim=2)
+    for layer in range(n_layer):  # one layer and one block of queries at a time: bounded memory
+        k = keys[layer].float().repeat_interleave(group, dim=0)  # [H, n, D]
+        for start in range(0, w, _SCORE_BLOCK):
+            q = queries[layer, :, start : start + _SCORE_BLOCK].float()
+            q_pos = n - w + start + torch.arange(q.shape[1], device=keys.device)
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # [H, c, n]
+            logits.masked_fill_(key_pos[None, :] > q_pos[:, None], float("-inf"))
+            total[layer] += logits.softmax(dim=-1).sum(dim=1)
     if reduce == "mean":
         total /= w
     return total.view(n_layer, n_kv, group, n).mean(dim=2)
