@@ -46,11 +46,14 @@ def test_killed_between_evaluations_resumes_from_ckpt_every(toy_data, tmp_path):
     sets = tiny_sets(pre, tok, steps=400, eval_every=0, ckpt_every=10, log_every=1)
     run = tmp_path / "r"
     killed_at = kill_after(start(run, sets), run / "metrics.jsonl", 25)
+    # a step is logged before its checkpoint is saved: a kill right after step 30's log finds
+    # the checkpoint of step 20 (the last one written, atomically, is what resume must use)
+    saved = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())["step"]
+    assert saved in (10 * (killed_at // 10), 10 * (killed_at // 10) - 10) and saved >= 20
     rerun = start(run, sets)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
-    resumed = 10 * (killed_at // 10)
-    assert f"at step {resumed} of 400" in out
+    assert f"at step {saved} of 400" in out
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
     assert steps == list(range(1, 401))  # one trajectory: no duplicate, no gap
     again = start(run, sets)
