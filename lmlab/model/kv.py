@@ -74,7 +74,7 @@ class KVCache:
         self.queries: torch.Tensor | None = None  # [n_layer, B, n_head, W, head_dim]
         self.conv_state: dict[int, torch.Tensor] = {}  # layer -> [B, K-1, d]
         # per-step state shared by the layers (see _begin_step); _dense: no invalid slot so far
-        self._step_start: int | None = None
+        self._step_start: tuple[int, int] | None = None
         self._step_mask: object = None
         self._dense: bool | None = None
 
@@ -106,7 +106,7 @@ class KVCache:
             raise LmlabError(f"KV cache full: {end} slots needed, capacity {self.capacity}")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        if self._step_start != start:  # the first layer of a step: what every layer shares
+        if self._step_start != (start, T):  # the first layer of a step: what all layers share
             self._begin_step(start, T, k.device)
         if self.prefill_len is None and self.record_queries:
             self._record(layer, q)
@@ -122,7 +122,7 @@ class KVCache:
         """Once per forward, not per layer: mark the new slots valid in every layer (not the left
         padding) and build the part of the attention mask that all layers share."""
         end = start + T
-        self._step_start = start
+        self._step_start = (start, T)
         padded = any(self.left_pad)
         if padded:
             pad = torch.tensor(self.left_pad, device=device)
