@@ -88,8 +88,17 @@ def test_a_later_stage_without_its_upstream_names_config_and_stage(tiny):
 
 
 def test_a_killed_run_resumes_without_duplicate_or_lost_rows(tiny, tmp_path):
-    # one request per engine call, so the kill lands between committed requests
-    path = tiny(**{"engine.batch_size": 1, "sampling.n_per_bin": 4})
+    # one request per engine call, so the kill lands between committed requests; requests long
+    # enough (a wider model, 48 new tokens) that the run cannot finish between two polls
+    path = tiny(
+        **{
+            "engine.batch_size": 1,
+            "sampling.n_per_bin": 4,
+            "dataset.max_new_tokens": 48,
+            "engine.random_init.n_embd": 128,
+            "engine.random_init.depth": 4,
+        }
+    )
     db = tmp_path / "bench" / "kvbench.sqlite"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "lmlab", "kvbench"]
@@ -103,9 +112,9 @@ def test_a_killed_run_resumes_without_duplicate_or_lost_rows(tiny, tmp_path):
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
-            if db_counts(db).get("responses", 0) >= 3:
+            if db.exists() and db_counts(db).get("responses", 0) >= 3:
                 break
-            time.sleep(0.05)
+            time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
