@@ -46,20 +46,11 @@ def _lmlab(engine: Engine, prompts: list[list[int]], new: int) -> tuple[list[lis
     return [g.tokens for g in gens], max(g.decode_s for g in gens)
 
 
-@torch.inference_mode()
 def _hf_generate(hf, ids: torch.Tensor, new: int) -> tuple[list[list[int]], float]:
     stamps = _Stamps()
-    out = hf.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=new,
-        min_new_tokens=new,
-        do_sample=False,
-        use_cache=True,
-        streamer=stamps,
-    )
+    out = common.hf_greedy(hf, ids, new, streamer=stamps)
     # puts: the prompt, then one per new token
-    return out[:, ids.shape[1] :].tolist(), stamps.puts[-1] - stamps.puts[1]
+    return out.tolist(), stamps.puts[-1] - stamps.puts[1]
 
 
 @torch.inference_mode()
