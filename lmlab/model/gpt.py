@@ -122,9 +122,6 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.norm_weight, cfg.norm_eps) if cfg.qk_norm else None
         self.short_conv = ShortConv(d, cfg.short_conv) if cfg.short_conv else None
 
-    def projections(self) -> tuple[nn.Linear, ...]:
-        return (self.c_q, self.c_k, self.c_v)
-
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         if self.short_conv is not None:
@@ -132,7 +129,7 @@ class CausalSelfAttention(nn.Module):
             window = None if kv_cache is None else kv_cache.conv_window(self.layer_idx, x, K)
             x = self.short_conv(x, window)
         H, Hkv = self.n_head, self.n_kv_head
-        qkv = fused_linear(x, self.projections())
+        qkv = fused_linear(x, (self.c_q, self.c_k, self.c_v))
         qk, v = qkv.view(B, T, H + 2 * Hkv, self.head_dim).split((H + Hkv, Hkv), dim=2)
         # queries and keys are normed and rotated together, as one tensor of H + Hkv heads
         if self.q_norm is not None and self.q_norm.weight is None:  # the same weightless norm
@@ -159,12 +156,9 @@ class MLP(nn.Module):
         )
         self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
 
-    def projections(self) -> tuple[nn.Linear, ...]:
-        return (self.c_gate, self.c_fc)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.c_gate is not None:
-            gate, up = fused_linear(x, self.projections()).chunk(2, dim=-1)
+            gate, up = fused_linear(x, (self.c_gate, self.c_fc)).chunk(2, dim=-1)
             return self.c_proj(F.silu(gate) * up)
         return self.c_proj(F.relu(self.c_fc(x)).square())
 
@@ -265,8 +259,6 @@ class GPT(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., n_embd] -> float32 logits [..., V], soft-capped."""
-        if not self.has_lm_head:
-            raise LmlabError("this GPT is a backbone without a language-model head")
         logits = F.linear(h, self.output_weight()).float()
         if self.cfg.softcap is not None:
             cap = self.cfg.softcap
@@ -288,14 +280,14 @@ class GPT(nn.Module):
             x = x[:, -1:]
         if targets is None:
             return self.logits(x)
-        if not self.has_lm_head:
-            raise LmlabError("this GPT is a backbone without a language-model head")
         # the output layer, the cap and the loss in one chunked pass (model/loss.py)
         return linear_cross_entropy(
             x, self.output_weight(), targets, self.cfg.softcap, reduction=loss_reduction
         )
 
     def output_weight(self) -> torch.Tensor:
+        if not self.has_lm_head:
+            raise LmlabError("this GPT is a backbone without a language-model head")
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     # ---- the trainer's model protocol ---------------------------------------------------------

@@ -75,7 +75,7 @@ class KVCache:
         self.conv_state: dict[int, torch.Tensor] = {}  # layer -> [B, K-1, d]
         # per-step state shared by the layers (see _begin_step); _dense: no invalid slot so far
         self._step_start: tuple[int, int] | None = None
-        self._step_mask: object = None
+        self._step_mask: object = None  # None: no mask; True: the valid slots; (causal, itself)
         self._dense: bool | None = None
 
     # ---- what the model asks before and after a forward -----------------------------------------
@@ -134,9 +134,8 @@ class KVCache:
             # an unpadded first chunk is exactly causal: SDPA's causal kernel skips the upper
             # triangle and no mask is built (1.5x faster prefill at T=2048 on CPU)
             self._dense, self._step_mask = True, None
-        elif (
-            T == 1 and not padded
-        ):  # a decode step: its query is the newest slot, causal over all the others
+        elif T == 1 and not padded:
+            # a decode step: its query is the newest slot, causal over all the others
             if self._dense is None:
                 self._dense = bool(self.valid[:, :, :start].all())
             self._step_mask = None if self._dense else True
