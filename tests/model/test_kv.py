@@ -409,3 +409,20 @@ def test_trim_of_a_single_leading_slot():
     got = step(model, cache, [7])
     ref, _ = prefill(model, [batch[0]])
     torch.testing.assert_close(got, step(model, ref, [7]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("split", [[6, 5], [6, 1, 4], [3, 3, 1, 1, 3]])
+def test_chunked_prefill_of_any_lengths_gives_the_full_forward_logits(split):
+    """Chunks after the first, of several tokens (a kv_suffix prefill) or one (a decode step),
+    attend causally to everything before them: the logits equal one uncached forward."""
+    model = tiny_model().eval()
+    ids = torch.randint(
+        0, model.cfg.vocab_size, (2, sum(split)), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        want = model(ids)
+        cache, got, at = KVCache(2, model.cfg.n_layer, sum(split)), [], 0
+        for n in split:
+            got.append(model(ids[:, at : at + n], kv_cache=cache))
+            at += n
+    torch.testing.assert_close(torch.cat(got, dim=1), want, rtol=1e-4, atol=1e-5)
