@@ -23,10 +23,28 @@ _NO_QUERIES = (
     "a policy that records no queries (full, streamingllm, random) never reads them; the "
     "queries passed to one that does are tested"
 )
+_SAME_ATTENTION = (
+    "picks another path to the same attention: a mask that allows exactly what the maskless call "
+    "allows (every slot valid, or the diagonal already allowed by `itself`), or the per-step "
+    "state rebuilt per layer"
+)
 _CPU_INDEX = "indexing accepts a CPU index tensor on every device (CUDA and meta included)"
 
 EQUIVALENT: dict[str, str] = {
     # ---- model/kv.py
+    "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_26": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_27": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_28": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_3": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_17": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_25": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_28": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_29": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_30": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_31": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_32": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_34": _SAME_ATTENTION,
+    "lmlab.model.kv.xǁKVCacheǁ_begin_step__mutmut_50": _SAME_ATTENTION,
     "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_19": "None is falsy like False where it is read",
     "lmlab.model.kv.xǁKVCacheǁ__init____mutmut_22": "v is only read after k, and both are set together",
     "lmlab.model.kv.xǁKVCacheǁ_record__mutmut_6": "_record never runs with record_queries = 0",
